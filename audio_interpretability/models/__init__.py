@@ -6,10 +6,19 @@ from audio_interpretability.models.base import (
     BackboneOutput,
     ClassifierOutput,
 )
+from audio_interpretability.models.focalnet import FOCALNET_CONFIGS, FocalNet
 from audio_interpretability.models.heads import CosineHead, LinearHead
+from audio_interpretability.models.image_input import image_to_spectrogram, spectrogram_to_image
+from audio_interpretability.models.vit import VIT_CONFIGS, ViT
 
 __all__ = [
+    "FOCALNET_CONFIGS",
+    "VIT_CONFIGS",
     "AudioClassifier",
+    "FocalNet",
+    "ViT",
+    "image_to_spectrogram",
+    "spectrogram_to_image",
     "Backbone",
     "BackboneOutput",
     "ClassifierOutput",
