@@ -6,6 +6,8 @@ from audio_interpretability.models.base import (
     BackboneOutput,
     ClassifierOutput,
 )
+from audio_interpretability.models.cnn14 import Cnn14
+from audio_interpretability.models.decoders import CNN14Decoder
 from audio_interpretability.models.focalnet import FOCALNET_CONFIGS, FocalNet
 from audio_interpretability.models.heads import CosineHead, LinearHead
 from audio_interpretability.models.image_input import image_to_spectrogram, spectrogram_to_image
@@ -15,6 +17,8 @@ __all__ = [
     "FOCALNET_CONFIGS",
     "VIT_CONFIGS",
     "AudioClassifier",
+    "CNN14Decoder",
+    "Cnn14",
     "FocalNet",
     "ViT",
     "image_to_spectrogram",

@@ -1,0 +1,253 @@
+"""CNN14 (PANNs, Kong et al. 2020), the classifier L-MAC explains.
+
+Same layers, parameter names and computation as ``speechbrain.lobes.models.Cnn14.Cnn14``, so
+checkpoints trained with the published ESC-50 recipes (``embedding_model.ckpt``) load strictly;
+the channel widths are configurable (``base_channels``, ``emb_dim``) so tests and smoke runs can
+use a tiny model. It implements the :class:`~audio_interpretability.models.base.Backbone`
+interface: ``input_from_spectrogram`` (log1p linear magnitude -> log1p mel), ``forward``
+(embedding and, on request, the block outputs the L-MAC decoder reads) and ``saliency``.
+
+Authors
+* audio_interpretability contributors
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from speechbrain.processing.features import Filterbank
+
+from audio_interpretability.models.base import Backbone, BackboneOutput
+
+NORM_TYPES = ("bn", "in", "ln")
+N_POOLINGS = 5  # blocks 1-5 halve time and frequency; block 6 does not pool
+
+
+def _make_norm(norm_type: str, channels: int) -> torch.nn.Module:
+    """Normalisation layer of SpeechBrain's CNN14 for ``norm_type`` in ("bn", "in", "ln")."""
+    if norm_type == "bn":
+        return torch.nn.BatchNorm2d(channels)
+    if norm_type == "in":
+        return torch.nn.InstanceNorm2d(channels, affine=True, track_running_stats=True)
+    if norm_type == "ln":
+        return torch.nn.GroupNorm(1, channels)
+    raise ValueError(f"Unknown norm_type {norm_type!r}: use one of {NORM_TYPES}")
+
+
+class ConvBlock(torch.nn.Module):
+    """Two 3x3 conv + norm + ReLU layers, then an optional 2x2 average pooling.
+
+    Arguments
+    ---------
+    in_channels : int
+        Input channels.
+    out_channels : int
+        Output channels.
+    norm_type : str
+        "bn" (batch norm), "in" (instance norm) or "ln" (layer norm as GroupNorm(1, C)).
+    pool : bool
+        Apply a 2x2 average pooling at the end (blocks 1-5; block 6 uses none).
+
+    Example
+    -------
+    >>> block = ConvBlock(1, 8, "bn")
+    >>> block(torch.randn(2, 1, 16, 20)).shape
+    torch.Size([2, 8, 8, 10])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, norm_type: str, pool: bool = True):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.conv2 = torch.nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.norm1 = _make_norm(norm_type, out_channels)
+        self.norm2 = _make_norm(norm_type, out_channels)
+        self.pool = pool
+        for conv in (self.conv1, self.conv2):
+            torch.nn.init.xavier_uniform_(conv.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, T, F) -> (B, C_out, T // 2, F // 2), or (B, C_out, T, F) without pooling."""
+        # In-place ReLU is safe: the norm layers' backward does not need their output.
+        x = F.relu_(self.norm1(self.conv1(x)))
+        x = F.relu_(self.norm2(self.conv2(x)))
+        if self.pool:
+            x = F.avg_pool2d(x, kernel_size=2)
+        return x
+
+
+class Cnn14(Backbone):
+    """CNN14 backbone on log1p mel spectrograms, state-dict compatible with SpeechBrain's.
+
+    ``norm0`` normalises each mel bin, then come six :class:`ConvBlock` s (channels ``b, 2b, 4b,
+    8b, 16b, emb_dim`` for ``b = base_channels``; the first five average-pool 2x2), each
+    followed by dropout 0.2 in training; the embedding is max-over-time + mean-over-time of the
+    frequency-averaged output of the last block.
+    ``base_channels=64, emb_dim=2048`` is the published model (about 80M parameters).
+
+    Intermediate maps (``return_maps=True``), exactly SpeechBrain's ``return_reps=True`` tuple
+    ``(x1_out, x2_out, x3_out, x4_out)``, deepest first, for an input (B, T, 80)
+    (all divisions are floor divisions)::
+
+        maps[0]  block 6 output  (B, emb_dim, T // 32,  2)
+        maps[1]  block 5 output  (B, 16 * b,  T // 32,  2)
+        maps[2]  block 4 output  (B, 8 * b,   T // 16,  5)
+        maps[3]  block 3 output  (B, 4 * b,   T // 8,  10)
+
+    (for ``mel_bins`` M the frequency sizes are M // 32, M // 32, M // 16, M // 8).
+
+    Arguments
+    ---------
+    mel_bins : int
+        Number of mel bins of the input (at least 32: five 2x poolings).
+    emb_dim : int
+        Embedding dimension (channels of the last block).
+    norm_type : str
+        "bn", "in" or "ln", as in SpeechBrain.
+    base_channels : int
+        Channels of the first block; blocks 1-5 use ``base_channels * (1, 2, 4, 8, 16)``.
+    sample_rate : int
+        Sample rate (Hz) of the audio behind the spectrograms, for the mel filterbank.
+    n_fft : int
+        FFT size of the linear spectrograms given to :meth:`input_from_spectrogram`.
+
+    Example
+    -------
+    >>> model = Cnn14(mel_bins=80, emb_dim=32, base_channels=4).eval()
+    >>> X = torch.rand(2, 87, 513)  # log1p magnitude of 1 s at 16 kHz
+    >>> out = model(model.input_from_spectrogram(X), return_maps=True)
+    >>> out.embedding.shape
+    torch.Size([2, 32])
+    >>> [tuple(m.shape) for m in out.maps]
+    [(2, 32, 2, 2), (2, 64, 2, 2), (2, 32, 5, 5), (2, 16, 10, 10)]
+    >>> model.saliency(out.maps).shape
+    torch.Size([2, 2, 2])
+    """
+
+    def __init__(
+        self,
+        mel_bins: int = 80,
+        emb_dim: int = 2048,
+        norm_type: str = "bn",
+        base_channels: int = 64,
+        sample_rate: int = 16000,
+        n_fft: int = 1024,
+    ):
+        super().__init__()
+        if norm_type not in NORM_TYPES:
+            raise ValueError(f"Unknown norm_type {norm_type!r}: use one of {NORM_TYPES}")
+        if mel_bins < 2**N_POOLINGS:
+            raise ValueError(
+                f"Cnn14 needs mel_bins >= {2**N_POOLINGS} (five 2x poolings), got "
+                f"mel_bins={mel_bins}: use more mel bins (the published model uses 80)"
+            )
+        if base_channels < 1 or emb_dim < 1:
+            raise ValueError(
+                f"base_channels and emb_dim must be positive, got {base_channels}, {emb_dim}"
+            )
+        self.mel_bins = mel_bins
+        self.embedding_dim = emb_dim
+        self.n_bins = n_fft // 2 + 1
+
+        self.norm0 = _make_norm(norm_type, mel_bins)
+        b = base_channels
+        self.conv_block1 = ConvBlock(1, b, norm_type)
+        self.conv_block2 = ConvBlock(b, 2 * b, norm_type)
+        self.conv_block3 = ConvBlock(2 * b, 4 * b, norm_type)
+        self.conv_block4 = ConvBlock(4 * b, 8 * b, norm_type)
+        self.conv_block5 = ConvBlock(8 * b, 16 * b, norm_type)
+        self.conv_block6 = ConvBlock(16 * b, emb_dim, norm_type, pool=False)
+
+        # The filterbank is fixed (no parameters, nothing in the state dict): compute its
+        # (n_fft // 2 + 1, mel_bins) matrix once by feeding it the identity, instead of letting
+        # it rebuild the matrix on the CPU and copy it to the device at every call.
+        fbank = Filterbank(n_mels=mel_bins, n_fft=n_fft, sample_rate=sample_rate, log_mel=False)
+        with torch.no_grad():
+            fbank_matrix = fbank(torch.eye(self.n_bins))  # (bins, mel_bins)
+        self.register_buffer("fbank_matrix", fbank_matrix, persistent=False)
+
+    def input_from_spectrogram(self, X: torch.Tensor) -> torch.Tensor:
+        """log1p mel input from a log1p magnitude spectrogram: ``log1p(fbank(expm1(X)))``.
+
+        Arguments
+        ---------
+        X : torch.Tensor
+            (B, frames, n_fft // 2 + 1) log1p linear magnitude, masked or not.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, frames, mel_bins) log1p mel spectrogram.
+        """
+        if X.dim() != 3 or X.shape[-1] != self.n_bins:
+            raise ValueError(
+                f"Cnn14.input_from_spectrogram expects (batch, frames, {self.n_bins}) log1p "
+                f"magnitudes, got shape {tuple(X.shape)}: pass the front-end's X and build "
+                f"Cnn14 with the front-end's n_fft"
+            )
+        return torch.log1p(torch.matmul(torch.expm1(X), self.fbank_matrix))
+
+    def forward(self, x: torch.Tensor, return_maps: bool = False) -> BackboneOutput:
+        """Embed a batch of log1p mel spectrograms.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            (B, frames, mel_bins) log1p mel spectrogram, frames >= 32.
+        return_maps : bool
+            Also return the outputs of blocks 6, 5, 4, 3 (see the class docstring).
+
+        Returns
+        -------
+        BackboneOutput
+            embedding (B, emb_dim) and maps (``()`` unless ``return_maps``).
+        """
+        if x.dim() != 3 or x.shape[-1] != self.mel_bins:
+            raise ValueError(
+                f"Cnn14 expects (batch, frames, mel_bins={self.mel_bins}) log1p mel input, got "
+                f"shape {tuple(x.shape)}: compute the input with input_from_spectrogram or build "
+                f"Cnn14 with mel_bins={x.shape[-1]}"
+            )
+        if x.shape[1] < 2**N_POOLINGS:
+            raise ValueError(
+                f"Cnn14 needs at least {2**N_POOLINGS} frames (five 2x poolings), got "
+                f"{x.shape[1]}: use clips of at least ~0.4 s at hop 186 / 16 kHz"
+            )
+        drop = {"p": 0.2, "training": self.training}  # identity in eval mode
+        x = self.norm0(x.unsqueeze(1).transpose(1, 3))  # (B, mel_bins, T, 1)
+        x = x.transpose(1, 3)  # (B, 1, T, mel_bins)
+
+        x = F.dropout(self.conv_block1(x), **drop)  # (B, b, T/2, M/2)
+        x = F.dropout(self.conv_block2(x), **drop)  # (B, 2b, T/4, M/4)
+        block3 = self.conv_block3(x)  # (B, 4b, T/8, M/8)
+        block4 = self.conv_block4(F.dropout(block3, **drop))  # (B, 8b, T/16, M/16)
+        block5 = self.conv_block5(F.dropout(block4, **drop))  # (B, 16b, T/32, M/32)
+        block6 = self.conv_block6(F.dropout(block5, **drop))  # (B, emb_dim, T/32, M/32)
+
+        x = F.dropout(block6, **drop).mean(dim=3)  # (B, emb_dim, T/32)
+        embedding = x.amax(dim=2) + x.mean(dim=2)  # (B, emb_dim)
+        maps = (block6, block5, block4, block3) if return_maps else ()
+        return BackboneOutput(embedding=embedding, maps=maps)
+
+    def saliency(self, maps: tuple, **options) -> torch.Tensor:
+        """Channel-wise L2 norm of the deepest map (block 6): (B, T // 32, mel_bins // 32).
+
+        Arguments
+        ---------
+        maps : tuple of torch.Tensor
+            The maps returned by ``forward(x, return_maps=True)``.
+        **options
+            None are supported (the argument exists for the common Backbone interface).
+
+        Returns
+        -------
+        torch.Tensor
+            (B, time, frequency) saliency.
+        """
+        if options:
+            raise ValueError(
+                f"Cnn14.saliency takes no options, got {sorted(options)}: remove them from "
+                f"the saliency options in the YAML"
+            )
+        if len(maps) == 0:
+            raise ValueError("Cnn14.saliency got no maps: call the model with return_maps=True")
+        return torch.linalg.vector_norm(maps[0], dim=1)  # (B, T/32, M/32)

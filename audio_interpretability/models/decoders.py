@@ -1,0 +1,207 @@
+"""The L-MAC decoder: CNN14 block outputs -> mask logits on the linear spectrogram.
+
+Authors
+* audio_interpretability contributors
+"""
+
+from __future__ import annotations
+
+import torch
+
+N_BINS = 513  # linear-frequency bins the decoder outputs (n_fft = 1024)
+MAP_FREQS = (2, 2, 5, 10)  # frequency sizes of the Cnn14 maps for 80 mel bins, deepest first
+MAX_FRAME_DIFF = 8  # align_frames refuses larger frame differences (wrong input, not rounding)
+
+
+def _fit_frames(x: torch.Tensor, n_frames: int, dim: int) -> torch.Tensor:
+    """Crop the end of ``x`` along ``dim`` to ``n_frames``, or pad it by repeating the last frame."""
+    current = x.shape[dim]
+    if current >= n_frames:
+        return x.narrow(dim, 0, n_frames)
+    shape = list(x.shape)
+    shape[dim] = n_frames - current
+    last = x.narrow(dim, current - 1, 1).expand(shape)
+    return torch.cat((x, last), dim=dim)
+
+
+class CNN14Decoder(torch.nn.Module):
+    """Transposed-conv decoder of L-MAC (SpeechBrain's ``CNN14PSI_stft``) with a free width.
+
+    It reads the maps of :class:`~audio_interpretability.models.cnn14.Cnn14` (deepest first,
+    channels ``in_dim, in_dim // 2, in_dim // 4, in_dim // 8``, i.e. a Cnn14 with
+    ``emb_dim = in_dim = 32 * base_channels``, 80 mel bins) and outputs mask logits on the
+    513-bin linear spectrogram. Layers ``convt1`` .. ``convt9`` have the published kernels,
+    strides, paddings and ReLU placement (no nonlinearity after ``convt8`` and ``convt9``);
+    the hidden channels are ``width, width // 2, width // 4, width // 8``. With
+    ``width=None`` (= ``in_dim``) the decoder is exactly ``CNN14PSI_stft(dim=in_dim,
+    outdim=out_dim)`` and loads its checkpoints strictly; a small width gives a small decoder.
+
+    **Frames.** The published decoder only works when the skip branches line up, i.e. for
+    ``T % 32`` in 8..15 input frames (true for 5 s clips, 431 frames). Here, at each skip
+    addition the upsampled deeper branch is cropped at the end, or padded by repeating its
+    last frame, to the skip branch's frame count (a no-op when they line up, so the published
+    results are unchanged). The output then has ``8 * (T // 8) + 1`` frames for ``T`` input
+    frames, i.e. between 1 more and 6 fewer than the spectrogram:
+
+    ======  ============  ======================  ===================================
+    clip    STFT frames   decoder frames          published ``CNN14PSI_stft``
+    ======  ============  ======================  ===================================
+    1 s     87            81 (pad 6)              fails (skip branches 9 vs 11 frames)
+    2 s     173           169 (pad 4)             169
+    5 s     431           425 (pad 6)             425
+    ======  ============  ======================  ===================================
+
+    (16 kHz, hop 186 samples, n_fft 1024, 80 mel bins.) :meth:`align_frames` then brings the
+    logits to the spectrogram's frame count: extra frames are cropped at the end, missing ones
+    are padded at the end by repeating the last frame (edge padding). The published recipe
+    instead crops the input spectrogram to the decoder's frames, losing the end of the clip; we
+    keep the full clip.
+
+    Arguments
+    ---------
+    in_dim : int
+        Channels of the deepest Cnn14 map (its ``emb_dim``); the other maps must have
+        ``in_dim // 2``, ``in_dim // 4``, ``in_dim // 8`` channels.
+    width : int, optional
+        Hidden channels of the first transposed convolutions (divisible by 8); ``None`` means
+        ``in_dim``, the published decoder.
+    out_dim : int
+        Output channels (1 for one mask).
+    map_channels : sequence of 4 ints, optional
+        Channels of the four Cnn14 maps (deepest first) when they are not ``in_dim, in_dim //
+        2, in_dim // 4, in_dim // 8``, e.g. ``(emb_dim, 16 b, 8 b, 4 b)`` for a Cnn14 with
+        ``base_channels=b`` and ``emb_dim != 32 b``. ``in_dim`` is then ignored.
+
+    Example
+    -------
+    >>> from audio_interpretability.models.cnn14 import Cnn14
+    >>> cnn14 = Cnn14(emb_dim=64, base_channels=2).eval()
+    >>> decoder = CNN14Decoder(in_dim=64, width=16)
+    >>> maps = cnn14(torch.randn(2, 87, 80), return_maps=True).maps
+    >>> logits = decoder(maps)
+    >>> logits.shape
+    torch.Size([2, 1, 81, 513])
+    >>> decoder.align_frames(logits[:, 0], n_frames=87).shape
+    torch.Size([2, 87, 513])
+    """
+
+    def __init__(
+        self,
+        in_dim: int = 2048,
+        width: int | None = None,
+        out_dim: int = 1,
+        map_channels: tuple | None = None,
+    ):
+        super().__init__()
+        if map_channels is not None:
+            if len(map_channels) != 4 or any(int(c) < 1 for c in map_channels):
+                raise ValueError(
+                    f"map_channels must be 4 positive channel counts (deepest Cnn14 map first), "
+                    f"got {map_channels}"
+                )
+            in_dim = int(map_channels[0])
+        width = in_dim if width is None else width
+        if in_dim < 8 or in_dim % 8 or width < 8 or width % 8 or out_dim < 1:
+            raise ValueError(
+                f"CNN14Decoder needs in_dim and width divisible by 8 (>= 8) and out_dim >= 1, "
+                f"got in_dim={in_dim}, width={width}, out_dim={out_dim}: set in_dim to the "
+                f"Cnn14 emb_dim (32 * base_channels) and width to a multiple of 8"
+            )
+        self.in_dim = in_dim
+        self.width = width
+        self.out_dim = out_dim
+        if map_channels is None:
+            map_channels = (in_dim, in_dim // 2, in_dim // 4, in_dim // 8)
+        self.map_channels = tuple(int(c) for c in map_channels)
+        c1, c2, c3, c4 = self.map_channels
+        w = width
+        ConvT = torch.nn.ConvTranspose2d
+        self.convt1 = ConvT(c1, w, 3, (2, 4), 1)
+        self.convt2 = ConvT(c2, w, 3, (2, 4), 1)
+        self.convt3 = ConvT(w, w, (7, 4), (2, 4), 1)
+        self.convt4 = ConvT(c3, w, (5, 4), (2, 4), 1)
+        self.convt5 = ConvT(w, w // 2, (3, 5), (2, 2), 1)
+        self.convt6 = ConvT(c4, w // 2, (3, 3), (2, 4), 1)
+        self.convt7 = ConvT(w // 2, w // 4, (4, 3), (2, 2), (0, 5))
+        self.convt8 = ConvT(w // 4, w // 8, (3, 4), (2, 2), (0, 2))
+        self.convt9 = ConvT(w // 8, out_dim, (1, 5), (1, 4), 0)
+        self.nonl = torch.nn.ReLU(inplace=True)
+
+    def _check_maps(self, maps: tuple) -> None:
+        """Raise a ValueError naming the fix when ``maps`` is not a Cnn14 maps tuple we accept."""
+        if len(maps) != 4 or any(m.dim() != 4 for m in maps):
+            raise ValueError(
+                "CNN14Decoder expects the 4 maps of Cnn14(..., return_maps=True), each "
+                f"(B, C, frames, freq); got {[tuple(m.shape) for m in maps]}"
+            )
+        channels = tuple(m.shape[1] for m in maps)
+        if channels != self.map_channels:
+            raise ValueError(
+                f"CNN14Decoder expects map channels {self.map_channels}, got {channels}: set "
+                f"in_dim to the Cnn14 emb_dim when emb_dim = 32 * base_channels, otherwise pass "
+                f"map_channels=(emb_dim, 16 * base_channels, 8 * base_channels, 4 * base_channels)"
+            )
+        freqs = tuple(m.shape[3] for m in maps)
+        if freqs != MAP_FREQS:
+            raise ValueError(
+                f"CNN14Decoder expects map frequency sizes {MAP_FREQS} (Cnn14 with 80 mel "
+                f"bins), got {freqs}: build the Cnn14 with mel_bins=80"
+            )
+
+    def forward(self, maps: tuple) -> torch.Tensor:
+        """Mask logits from the Cnn14 maps.
+
+        Arguments
+        ---------
+        maps : tuple of torch.Tensor
+            ``Cnn14(x, return_maps=True).maps`` for x of shape (B, T, 80): (B, in_dim, T/32, 2),
+            (B, in_dim/2, T/32, 2), (B, in_dim/4, T/16, 5), (B, in_dim/8, T/8, 10).
+
+        Returns
+        -------
+        torch.Tensor
+            (B, out_dim, 8 * (T // 8) + 1, 513) mask logits (before the sigmoid).
+        """
+        self._check_maps(maps)
+        h = self.nonl(self.convt1(maps[0])) + self.nonl(self.convt2(maps[1]))  # (B, w, 2T/32-1, 5)
+        h3 = self.nonl(self.convt3(h))  # (B, w, 4T/32+1, 18)
+        h4 = self.nonl(self.convt4(maps[2]))  # (B, w, 2T/16+1, 18)
+        h = _fit_frames(h3, h4.shape[2], dim=2) + h4
+        h5 = self.nonl(self.convt5(h))  # (B, w/2, 4T/16+1, 37)
+        h6 = self.nonl(self.convt6(maps[3]))  # (B, w/2, 2T/8-1, 37)
+        h = _fit_frames(h5, h6.shape[2], dim=2) + h6
+        h = self.nonl(self.convt7(h))  # (B, w/4, 4T/8, 65)
+        h = self.convt8(h)  # (B, w/8, 8T/8+1, 128)
+        return self.convt9(h)  # (B, out_dim, 8T/8+1, 513)
+
+    def align_frames(self, mask_logits: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """Bring (B, frames', 513) mask logits to the spectrogram's ``n_frames`` frames.
+
+        Extra frames are cropped at the end; missing frames are padded at the end by repeating
+        the last frame (see the class docstring).
+
+        Arguments
+        ---------
+        mask_logits : torch.Tensor
+            (B, frames', 513) decoder output for one mask (e.g. ``decoder(maps)[:, 0]``).
+        n_frames : int
+            Frames of the spectrogram the mask applies to.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, n_frames, 513) mask logits.
+        """
+        if mask_logits.dim() != 3 or mask_logits.shape[-1] != N_BINS:
+            raise ValueError(
+                f"align_frames expects (batch, frames, {N_BINS}) mask logits, got shape "
+                f"{tuple(mask_logits.shape)}: select one output channel first, e.g. "
+                f"decoder(maps)[:, 0], and use a spectrogram with n_fft=1024"
+            )
+        if abs(mask_logits.shape[1] - n_frames) > MAX_FRAME_DIFF:
+            raise ValueError(
+                f"align_frames got {mask_logits.shape[1]} decoder frames for a {n_frames}-frame "
+                f"spectrogram (more than {MAX_FRAME_DIFF} apart): the maps do not come from this "
+                f"spectrogram; feed the decoder the Cnn14 maps of the same clip"
+            )
+        return _fit_frames(mask_logits, n_frames, dim=1)

@@ -1,0 +1,148 @@
+"""Tests of the CNN14 backbone against SpeechBrain's reference implementation."""
+
+import pytest
+import torch
+from speechbrain.lobes.models.Cnn14 import Cnn14 as ReferenceCnn14
+from speechbrain.lobes.models.Cnn14 import ConvBlock as ReferenceConvBlock
+from speechbrain.processing.features import Filterbank
+
+from audio_interpretability.models.cnn14 import Cnn14
+
+
+def _randomise_norms(model: torch.nn.Module) -> None:
+    """Give the normalisation layers random affine parameters and running statistics, seeded
+    (the conv weights keep their random initialisation)."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point() or tensor.dim() != 1:
+                continue
+            values = torch.rand(tensor.shape, generator=generator)
+            tensor.copy_(0.5 + values if name.endswith("running_var") else values - 0.5)
+
+
+def _reference_like(ours: Cnn14, emb_dim: int, norm_type: str, base: int | None = None):
+    """SpeechBrain's Cnn14 holding a copy of ``ours``'s weights (built on the meta device to
+    skip a slow init). With ``base``, its blocks are rebuilt as SpeechBrain ConvBlocks of that
+    width (SpeechBrain's Cnn14 only has the published widths)."""
+    with torch.device("meta"):
+        reference = ReferenceCnn14(80, emb_dim, norm_type=norm_type, return_reps=True)
+        if base is not None:
+            widths = (1, base, 2 * base, 4 * base, 8 * base, 16 * base, emb_dim)
+            for i in range(6):
+                block = ReferenceConvBlock(widths[i], widths[i + 1], norm_type)
+                setattr(reference, f"conv_block{i + 1}", block)
+    state = {key: value.clone() for key, value in ours.state_dict().items()}
+    reference.load_state_dict(state, strict=True, assign=True)
+    # The direction that matters: a SpeechBrain state dict loads strictly into ours.
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference
+
+
+def _assert_same_outputs(reference, ours, x, atol=1e-5):
+    reference_embedding, reference_maps = reference(x)
+    out = ours(x, return_maps=True)
+    assert out.embedding.shape == (x.shape[0], ours.embedding_dim)
+    torch.testing.assert_close(out.embedding, reference_embedding[:, 0], atol=atol, rtol=1e-5)
+    assert len(out.maps) == 4
+    for mine, theirs in zip(out.maps, reference_maps):
+        assert mine.shape == theirs.shape
+        torch.testing.assert_close(mine, theirs, atol=atol, rtol=1e-5)
+
+
+def test_full_width_matches_speechbrain(device):
+    ours = Cnn14(mel_bins=80, emb_dim=2048)
+    _randomise_norms(ours)
+    reference = _reference_like(ours, emb_dim=2048, norm_type="bn")
+    reference.to(device).eval()
+    ours.to(device).eval()
+    x = torch.randn(2, 64, 80, device=device)
+    with torch.no_grad():
+        _assert_same_outputs(reference, ours, x)
+        maps = ours(x, return_maps=True).maps
+    # Documented shapes for (B, T, 80): blocks 6, 5, 4, 3 (b = 64).
+    expected = [(2, 2048, 2, 2), (2, 1024, 2, 2), (2, 512, 4, 5), (2, 256, 8, 10)]
+    assert [tuple(m.shape) for m in maps] == expected
+
+
+@pytest.mark.parametrize("norm_type", ["bn", "in", "ln"])
+def test_tiny_width_matches_speechbrain(norm_type, device):
+    ours = Cnn14(mel_bins=80, emb_dim=32, norm_type=norm_type, base_channels=4)
+    _randomise_norms(ours)
+    reference = _reference_like(ours, emb_dim=32, norm_type=norm_type, base=4)
+    reference.to(device)
+    ours.to(device)
+    x = torch.randn(3, 101, 80, device=device)
+    with torch.no_grad():
+        _assert_same_outputs(reference.eval(), ours.eval(), x)
+    # Training mode: batch statistics and dropout at the same places, same random masks.
+    torch.manual_seed(5)
+    reference_embedding, _ = reference.train()(x)
+    torch.manual_seed(5)
+    embedding = ours.train()(x).embedding
+    torch.testing.assert_close(embedding, reference_embedding[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_input_from_spectrogram_is_log1p_mel_of_the_magnitude(device):
+    model = Cnn14(mel_bins=64, emb_dim=16, base_channels=2, sample_rate=22050, n_fft=512)
+    model.to(device)
+    X = torch.rand(2, 40, 257, device=device) * 3
+    mask = (torch.rand(2, 40, 257, device=device) > 0.5).float()
+    fbank = Filterbank(n_mels=64, n_fft=512, sample_rate=22050, log_mel=False)
+    for spectrogram in (X, mask * X):
+        expected = torch.log1p(fbank(torch.expm1(spectrogram)))
+        torch.testing.assert_close(model.input_from_spectrogram(spectrogram), expected)
+    # The filterbank adds nothing to the state dict (it stays SpeechBrain-compatible).
+    assert not any("fbank" in key for key in model.state_dict())
+
+
+def test_gradient_reaches_the_spectrogram_and_every_parameter():
+    model = Cnn14(emb_dim=16, base_channels=2).train()
+    X = torch.rand(2, 50, 513, requires_grad=True)
+    out = model(model.input_from_spectrogram(X), return_maps=True)
+    (out.embedding.sum() + out.maps[-1].sum()).backward()
+    assert X.grad is not None and X.grad.abs().sum() > 0
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_saliency_is_channel_norm_of_the_deepest_map():
+    model = Cnn14(emb_dim=16, base_channels=2).eval()
+    maps = model(torch.randn(2, 96, 80), return_maps=True).maps
+    saliency = model.saliency(maps)
+    assert saliency.shape == (2, 3, 2)  # (B, T // 32, 80 // 32): time, frequency
+    torch.testing.assert_close(saliency[1, 2, 0], maps[0][1, :, 2, 0].pow(2).sum().sqrt())
+    with pytest.raises(ValueError, match="return_maps=True"):
+        model.saliency(())
+    with pytest.raises(ValueError, match="quantile"):
+        model.saliency(maps, quantile=0.9)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = Cnn14(mel_bins=80, emb_dim=16, base_channels=2)
+    with pytest.raises(ValueError, match=r"mel_bins=80.*\(2, 50, 64\).*mel_bins=64"):
+        model(torch.randn(2, 50, 64))
+    with pytest.raises(ValueError, match="at least 32 frames"):
+        model(torch.randn(2, 20, 80))
+    with pytest.raises(ValueError, match="513"):
+        model.input_from_spectrogram(torch.randn(2, 50, 257))
+    with pytest.raises(ValueError, match="norm_type"):
+        Cnn14(norm_type="batch")
+    with pytest.raises(ValueError, match="mel_bins >= 32"):
+        Cnn14(mel_bins=16)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = Cnn14(emb_dim=32, base_channels=4)
+    _randomise_norms(model)
+    path = tmp_path / "embedding_model.ckpt"
+    torch.save(model.state_dict(), path)
+    loaded = Cnn14(emb_dim=32, base_channels=4)
+    loaded.load_state_dict(torch.load(path), strict=True)
+    x = torch.randn(2, 64, 80)
+    with torch.no_grad():
+        expected = model.eval()(x, return_maps=True)
+        got = loaded.eval()(x, return_maps=True)
+    torch.testing.assert_close(got.embedding, expected.embedding, rtol=0, atol=0)
+    for mine, theirs in zip(got.maps, expected.maps):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)

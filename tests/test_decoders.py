@@ -1,0 +1,126 @@
+"""Tests of the L-MAC decoder against SpeechBrain's CNN14PSI_stft, and of its frame alignment."""
+
+import pytest
+import torch
+from speechbrain.lobes.models.Cnn14 import CNN14PSI_stft
+
+from audio_interpretability.features import Frontend
+from audio_interpretability.models.cnn14 import Cnn14
+from audio_interpretability.models.decoders import CNN14Decoder
+
+
+@pytest.fixture(scope="module")
+def tiny_cnn14() -> Cnn14:
+    torch.manual_seed(0)
+    return Cnn14(mel_bins=80, emb_dim=64, base_channels=2).eval()
+
+
+def test_full_size_matches_speechbrain(device):
+    reference = CNN14PSI_stft(dim=2048, outdim=1)
+    with torch.device("meta"):  # skip the slow random init: the weights come from reference
+        decoder = CNN14Decoder(in_dim=2048)
+    decoder.load_state_dict(reference.state_dict(), strict=True, assign=True)
+    cnn14 = Cnn14(mel_bins=80, emb_dim=2048).to(device).eval()
+    reference.to(device)
+    decoder.to(device)
+    # 40 frames: T % 32 in 8..15, where the published decoder's skip branches line up.
+    with torch.no_grad():
+        maps = cnn14(torch.randn(1, 40, 80, device=device), return_maps=True).maps
+        expected = reference(maps)
+        logits = decoder(maps)
+    assert logits.shape == (1, 1, 41, 513)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    assert logits.std() > 0
+
+
+@pytest.mark.parametrize("out_dim", [1, 2])
+def test_default_width_is_cnn14psi_stft_at_any_size(tiny_cnn14, out_dim):
+    reference = CNN14PSI_stft(dim=64, outdim=out_dim)
+    decoder = CNN14Decoder(in_dim=64, out_dim=out_dim)
+    decoder.load_state_dict(reference.state_dict(), strict=True)
+    maps = tiny_cnn14(torch.randn(2, 201, 80), return_maps=True).maps
+    with torch.no_grad():
+        torch.testing.assert_close(decoder(maps), reference(maps))
+
+
+@pytest.mark.parametrize("seconds", [1.0, 2.0])
+def test_tiny_decoder_gives_one_logit_per_spectrogram_bin(tiny_cnn14, seconds):
+    frontend = Frontend(sample_rate=16000)
+    wavs = torch.randn(2, int(seconds * 16000))
+    X = frontend(wavs).X  # (2, frames, 513)
+    maps = tiny_cnn14(tiny_cnn14.input_from_spectrogram(X), return_maps=True).maps
+    decoder = CNN14Decoder(in_dim=64, width=16)
+    logits = decoder(maps)
+    n_frames = X.shape[1]
+    assert logits.shape == (2, 1, 8 * (n_frames // 8) + 1, 513)  # documented frame count
+    aligned = decoder.align_frames(logits[:, 0], n_frames)
+    assert aligned.shape == X.shape
+    assert torch.isfinite(aligned).all()
+
+
+def test_any_length_is_within_a_few_frames(tiny_cnn14):
+    # The published decoder fails when T % 32 is outside 8..15; ours handles every length.
+    decoder = CNN14Decoder(in_dim=64, width=8)
+    with torch.no_grad():
+        for n_frames in range(32, 100):
+            maps = tiny_cnn14(torch.randn(1, n_frames, 80), return_maps=True).maps
+            out_frames = decoder(maps).shape[2]
+            assert -1 <= n_frames - out_frames <= 6, n_frames
+
+
+def test_gradients_reach_every_decoder_parameter(tiny_cnn14):
+    decoder = CNN14Decoder(in_dim=64, width=16)
+    with torch.no_grad():
+        maps = tiny_cnn14(torch.randn(2, 87, 80), return_maps=True).maps
+    mask = torch.sigmoid(decoder.align_frames(decoder(maps)[:, 0], 87))
+    (mask * torch.rand_like(mask)).sum().backward()
+    for name, parameter in decoder.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_align_frames_crops_or_repeats_the_last_frame():
+    decoder = CNN14Decoder(in_dim=64, width=8)
+    logits = torch.arange(2 * 5 * 513, dtype=torch.float32).reshape(2, 5, 513)
+    cropped = decoder.align_frames(logits, 3)
+    assert torch.equal(cropped, logits[:, :3])
+    assert torch.equal(decoder.align_frames(logits, 5), logits)
+    padded = decoder.align_frames(logits, 9)
+    assert padded.shape == (2, 9, 513)
+    assert torch.equal(padded[:, :5], logits)
+    for frame in range(5, 9):
+        assert torch.equal(padded[:, frame], logits[:, 4])
+    # Gradients of padded frames flow back to the last real frame.
+    source = logits.clone().requires_grad_(True)
+    decoder.align_frames(source, 7).sum().backward()
+    assert source.grad[0, 4, 0] == 3 and source.grad[0, 3, 0] == 1
+
+
+def test_clear_errors():
+    decoder = CNN14Decoder(in_dim=64, width=8)
+    with pytest.raises(ValueError, match="more than 8 apart"):
+        decoder.align_frames(torch.zeros(1, 80, 513), 89)
+    with pytest.raises(ValueError, match=r"\(batch, frames, 513\).*\(1, 80, 257\)"):
+        decoder.align_frames(torch.zeros(1, 80, 257), 80)
+    with pytest.raises(ValueError, match=r"decoder\(maps\)\[:, 0\]"):
+        decoder.align_frames(torch.zeros(1, 1, 80, 513), 80)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        CNN14Decoder(in_dim=64, width=12)
+    wrong_channels = Cnn14(emb_dim=64, base_channels=8).eval()  # maps (64, 128, 64, 32)
+    with pytest.raises(ValueError, match=r"\(64, 32, 16, 8\).*\(64, 128, 64, 32\)"):
+        decoder(wrong_channels(torch.randn(1, 64, 80), return_maps=True).maps)
+    wrong_mels = Cnn14(mel_bins=64, emb_dim=64, base_channels=2).eval()
+    with pytest.raises(ValueError, match="mel_bins=80"):
+        decoder(wrong_mels(torch.randn(1, 64, 64), return_maps=True).maps)
+
+
+def test_map_channels_for_any_cnn14_width():
+    """A Cnn14 whose emb_dim is not 32 * base_channels still gets a decoder."""
+    cnn14 = Cnn14(emb_dim=128, base_channels=8).eval()
+    maps = cnn14(torch.randn(2, 87, 80), return_maps=True).maps
+    assert tuple(m.shape[1] for m in maps) == (128, 128, 64, 32)
+    with pytest.raises(ValueError, match="map_channels"):
+        CNN14Decoder(in_dim=128, width=16)(maps)
+    decoder = CNN14Decoder(width=16, map_channels=(128, 128, 64, 32))
+    assert decoder(maps).shape == (2, 1, 81, 513)
+    with pytest.raises(ValueError, match="4 positive channel counts"):
+        CNN14Decoder(map_channels=(128, 64))
