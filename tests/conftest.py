@@ -4,6 +4,12 @@ import pytest
 import torch
 
 
+def pytest_configure(config):
+    # Tiny test models are dominated by per-op overhead: one thread is faster on a 2-core box
+    # and does not fight other processes for the cores.
+    torch.set_num_threads(1)
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--device", action="store", default="cpu", help="torch device for the tests (cpu, cuda)"
@@ -21,3 +27,31 @@ def device(request) -> torch.device:
 @pytest.fixture(autouse=True)
 def _seed_everything():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_esc50(tmp_path_factory) -> str:
+    """Synthetic ESC-50-layout folder (5 classes x 2 clips x 5 folds, 1 s, 16 kHz, with stems).
+
+    Read-only for tests: copy it under ``tmp_path`` before modifying anything in it.
+    """
+    from audio_interpretability.data.synthetic import generate_synthetic_esc50
+
+    folder = str(tmp_path_factory.mktemp("tiny_esc50"))
+    generate_synthetic_esc50(
+        folder, n_classes=5, clips_per_class_per_fold=2, duration=1.0, sample_rate=16000, seed=0
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_wham(tmp_path_factory) -> str:
+    """WHAM!-layout noise folder ``<tmp>/wham_noise/{tr,cv,tt}/*.wav`` (stereo 16 kHz,
+    0.5-3 s files); returns the ``wham_noise`` folder. Read-only for tests."""
+    from audio_interpretability.data.synthetic import generate_wham_noise
+
+    folder = str(tmp_path_factory.mktemp("tiny_wham") / "wham_noise")
+    generate_wham_noise(
+        folder, n_files=(4, 2, 2), sample_rate=16000, min_duration=0.5, max_duration=3.0, seed=0
+    )
+    return folder

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Decoding + resampling every epoch vs. the on-disk waveform cache of ``dataio_prep``.
+
+Generates a small synthetic ESC-50 set at ESC-50's format (44.1 kHz, 5 s clips) in a
+temporary folder, then iterates over every item of the train split for a few epochs, once
+without cache (decode + downmix + resample 44.1 -> 16 kHz each time) and once with
+``cache_folder`` (the first epoch fills the cache, the next ones read float32 ``.npy`` files).
+
+Usage::
+
+    python benchmarks/bench_data_cache.py results/bench_data_cache.json --n_classes 5 \
+        --clips_per_class_per_fold 2 --epochs 3
+
+Prints a table and writes the numbers to the JSON path given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import torch
+
+from audio_interpretability.data.esc50 import dataio_prep, prepare_esc50
+from audio_interpretability.data.synthetic import generate_synthetic_esc50
+
+
+def epoch_seconds(dataset) -> float:
+    """Wall-clock seconds to read every item of ``dataset`` once."""
+    start = time.perf_counter()
+    for i in range(len(dataset)):
+        dataset[i]["sig"]
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("output_json", help="where to write the results (JSON)")
+    parser.add_argument("--n_classes", type=int, default=5)
+    parser.add_argument("--clips_per_class_per_fold", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--source_rate", type=int, default=44100)
+    parser.add_argument("--sample_rate", type=int, default=16000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as root:
+        data = os.path.join(root, "esc50")
+        generate_synthetic_esc50(
+            data,
+            n_classes=args.n_classes,
+            clips_per_class_per_fold=args.clips_per_class_per_fold,
+            duration=args.duration,
+            sample_rate=args.source_rate,
+        )
+        manifests = [os.path.join(root, f"{s}.json") for s in ("train", "valid", "test")]
+        prepare_esc50(data, *manifests)
+        annotations = {"train": manifests[0]}
+        encoder = os.path.join(root, "label_encoder.txt")
+        plain = dataio_prep(annotations, args.sample_rate, encoder)["train"]
+        cached = dataio_prep(annotations, args.sample_rate, encoder, os.path.join(root, "c"))[
+            "train"
+        ]
+        results = {"no_cache": [], "cache": []}
+        for _ in range(args.epochs):
+            results["no_cache"].append(epoch_seconds(plain))
+            results["cache"].append(epoch_seconds(cached))
+        n_items = len(plain)
+
+    report = {
+        "benchmark": "bench_data_cache",
+        "items_per_epoch": n_items,
+        "clip_seconds": args.duration,
+        "source_rate": args.source_rate,
+        "sample_rate": args.sample_rate,
+        "threads": args.threads,
+        "machine": platform.processor() or platform.machine(),
+        "epoch_seconds": results,
+    }
+    print(f"{n_items} clips of {args.duration} s, {args.source_rate} -> {args.sample_rate} Hz")
+    print(f"{'epoch':>5} | {'no cache (s)':>12} | {'cache (s)':>10} | {'ms/clip cached':>14}")
+    for epoch, (a, b) in enumerate(zip(results["no_cache"], results["cache"]), start=1):
+        note = " (fills cache)" if epoch == 1 else ""
+        print(f"{epoch:>5} | {a:>12.3f} | {b:>10.3f} | {1000 * b / n_items:>14.2f}{note}")
+    if args.epochs > 1:
+        steady = sum(results["cache"][1:]) / (args.epochs - 1)
+        base = sum(results["no_cache"][1:]) / (args.epochs - 1)
+        report["steady_state_speedup"] = base / steady
+        print(f"steady-state speed-up of the cache: {base / steady:.1f}x")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
+    with open(args.output_json, "w") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()
