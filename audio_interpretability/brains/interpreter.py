@@ -1,0 +1,462 @@
+"""``InterpreterBrain``: what every interpreter of a frozen audio classifier shares.
+
+One batch goes through this data flow (see DESIGN.md)::
+
+    wav (B, T) [+ WHAM! noise] -> Frontend (STFT once) -> X = log1p|STFT|, phase
+    frozen classifier(X) -> logits (B, C) (+ intermediate maps when the interpreter needs them)
+    make_mask(...)  -> mask M (B, frames, bins) in [0, 1]        <- the one override point
+    classifier([M*X ; (1-M)*X]) in ONE batched pass -> logits_in, logits_out
+    expm1(M*X) with the input phase -> ISTFT -> listenable waveform
+
+The interpretation is computed once per batch in :meth:`compute_forward`; the faithfulness
+metrics, the ground-truth localisation scores, the loss of trainable interpreters, and the saved
+WAV/PNG files all reuse it. Subclasses override :meth:`make_mask` (how the mask is made) and,
+for trainable interpreters, :meth:`interpreter_loss`; nothing else.
+
+Authors
+* audio_interpretability contributors
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import speechbrain as sb
+import torch
+
+from audio_interpretability import metrics as M
+from audio_interpretability.features import Spectrogram
+from audio_interpretability.models.base import ClassifierOutput
+
+logger = logging.getLogger(__name__)
+
+
+class MaskOutput(NamedTuple):
+    """What :meth:`InterpreterBrain.make_mask` returns.
+
+    Attributes
+    ----------
+    mask : torch.Tensor
+        (B, frames, bins) mask in [0, 1], aligned with the spectrogram X.
+    extras : dict
+        Interpreter-specific tensors worth plotting or reusing (e.g. AMT's saliency map
+        ``"saliency"`` (B, frames, bins), L-MAC's ``"mask_logits"``).
+    """
+
+    mask: torch.Tensor
+    extras: dict
+
+
+class Interpretation(NamedTuple):
+    """What :meth:`InterpreterBrain.compute_forward` returns for one batch.
+
+    The first five fields are those of the published recipes' ``compute_forward``.
+
+    Attributes
+    ----------
+    X_int : torch.Tensor
+        (B, frames, bins) interpretation spectrogram ``M * X`` (log1p domain).
+    mask : torch.Tensor
+        (B, frames, bins) mask M.
+    phase : torch.Tensor
+        (B, frames, bins) STFT phase of the (possibly noisy) input.
+    logits : torch.Tensor
+        (B, C) classifier logits on the input.
+    X : torch.Tensor
+        (B, frames, bins) input spectrogram ``log1p|STFT|``.
+    logits_in : torch.Tensor
+        (B, C) classifier logits on ``M * X``.
+    logits_out : torch.Tensor
+        (B, C) classifier logits on ``(1 - M) * X``.
+    wavs : torch.Tensor
+        (B, T) the waveforms that were interpreted (noise included).
+    spec : Spectrogram
+        The front-end output for ``wavs``.
+    extras : dict
+        ``MaskOutput.extras`` plus, when the batch has stems, ``"truth"`` (B, frames, bins) the
+        ground-truth event mask, and ``"clean_X"`` when noise was mixed in.
+    """
+
+    X_int: torch.Tensor
+    mask: torch.Tensor
+    phase: torch.Tensor
+    logits: torch.Tensor
+    X: torch.Tensor
+    logits_in: torch.Tensor
+    logits_out: torch.Tensor
+    wavs: torch.Tensor
+    spec: Spectrogram
+    extras: dict
+
+
+class InterpreterBrain(sb.Brain):
+    """Base Brain of the interpreters (AMT, L-MAC) of a frozen classifier.
+
+    Hparams it reads (YAML keys): ``frontend`` (:class:`~audio_interpretability.features.Frontend`),
+    ``model`` (:class:`~audio_interpretability.models.AudioClassifier` built from
+    ``embedding_model`` and ``classifier``), ``embedding_model_path`` and
+    ``classifier_model_path`` (checkpoints of the classifier; ``null`` keeps the weights as
+    built, with a warning), ``output_folder``, ``save_interpretations`` (bool),
+    ``n_saved_interpretations`` (int), ``add_wham_noise``, ``wham_folder``, ``wham_snr_db``,
+    ``random_baseline`` (also score a random mask of the same sparsity), ``loc_threshold``
+    (binarisation threshold of the mask for localisation), and ``seed``.
+
+    Arguments
+    ---------
+    *args, **kwargs
+        As :class:`speechbrain.Brain`.
+    label_encoder : speechbrain.dataio.encoder.CategoricalEncoder, optional
+        Names the classes in saved files and metrics.
+    """
+
+    #: Whether :meth:`make_mask` needs the classifier's intermediate maps.
+    needs_maps: bool = False
+
+    #: Hparams every interpreter YAML must define (checked at construction).
+    required_hparams: tuple = (
+        "frontend",
+        "model",
+        "embedding_model_path",
+        "classifier_model_path",
+        "output_folder",
+        "seed",
+        "save_interpretations",
+        "n_saved_interpretations",
+        "add_wham_noise",
+        "wham_folder",
+        "wham_split",
+        "wham_snr_db",
+        "random_baseline",
+        "loc_threshold",
+        "train_logger",
+    )
+
+    def __init__(self, *args, label_encoder=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        missing = [k for k in self.required_hparams if k not in self.hparams.__dict__]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} needs these hparams, missing from the YAML: "
+                f"{', '.join(missing)}. Add them (see hparams/amt_focalnet.yaml or "
+                "hparams/lmac_cnn14.yaml for documented defaults)."
+            )
+        self.label_encoder = label_encoder
+        self.metrics_folder = Path(self.hparams.output_folder)
+        self.noise = None
+        self.saved_count = 0
+        self.metric_accumulator = None
+        self.last_summary: dict = {}
+        self._load_frozen_classifier()
+        self.hparams.frontend.to(self.device)
+
+    # ------------------------------------------------------------------ set-up
+    def _load_frozen_classifier(self) -> None:
+        """Load the classifier checkpoints (if given), move to device, freeze, eval mode.
+
+        The classifier is kept out of ``self.modules`` so that ``Brain.fit`` never puts it back
+        in training mode (BatchNorm statistics must not move) nor gives it to an optimizer.
+        """
+        from audio_interpretability.checkpoints import load_classifier
+
+        emb_path = self.hparams.embedding_model_path
+        clf_path = self.hparams.classifier_model_path
+        model = self.hparams.model
+        if emb_path is None and clf_path is None:
+            logger.warning(
+                "embedding_model_path and classifier_model_path are null: the classifier keeps "
+                "the weights it was built with (fine for tests, meaningless for explanations)."
+            )
+        else:
+            load_classifier(model.embedding_model, model.classifier, emb_path, clf_path)
+        model.to(self.device).eval().requires_grad_(False)
+
+    def _make_noise(self):
+        """Create the persistent WHAM! noise source when ``add_wham_noise`` is set."""
+        from audio_interpretability.data.wham import WhamNoise, check_wham_args
+
+        add = bool(self.hparams.add_wham_noise)
+        folder = self.hparams.wham_folder
+        check_wham_args(add, folder)
+        if add and self.noise is None:
+            self.noise = WhamNoise(
+                folder,
+                sample_rate=self.hparams.frontend.sample_rate,
+                split=self.hparams.wham_split,
+                seed=int(self.hparams.seed),
+            )
+
+    # --------------------------------------------------------- published API
+    def preprocess(self, wavs: torch.Tensor) -> Spectrogram:
+        """Front-end: STFT once, magnitude, log1p magnitude ``X`` and phase (B, frames, bins)."""
+        return self.hparams.frontend(wavs)
+
+    def classifier_forward(self, X: torch.Tensor, return_maps: bool = False) -> ClassifierOutput:
+        """Frozen classifier on a (B, frames, bins) log1p spectrogram (masked or not)."""
+        return self.hparams.model(X, return_maps=return_maps)
+
+    def invert_stft_with_phase(self, X_int: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        """Listenable waveform (B, T) of an interpretation ``X_int = M * X`` (log1p domain)."""
+        return self.hparams.frontend.invert(torch.expm1(X_int), phase)
+
+    @torch.no_grad()
+    def interpret_computation_steps(self, wavs: torch.Tensor):
+        """Interpret a batch of waveforms (B, T) outside of training.
+
+        Returns
+        -------
+        X_int : torch.Tensor
+            (B, frames, bins) interpretation spectrogram.
+        mask : torch.Tensor
+            (B, frames, bins) mask.
+        phase : torch.Tensor
+            (B, frames, bins) input phase.
+        X : torch.Tensor
+            (B, frames, bins) input spectrogram.
+        """
+        spec = self.preprocess(wavs.to(self.device))
+        clf = self.classifier_forward(spec.X, return_maps=self.needs_maps)
+        mask = self.make_mask(spec, clf).mask
+        return mask * spec.X, mask, spec.phase, spec.X
+
+    # --------------------------------------------------------- override points
+    def make_mask(self, spec: Spectrogram, clf: ClassifierOutput) -> MaskOutput:
+        """Make the (B, frames, bins) mask from the front-end output and the classifier pass.
+
+        The one thing every interpreter must define.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement make_mask()")
+
+    def interpreter_loss(self, out: Interpretation, batch, stage: sb.Stage) -> torch.Tensor:
+        """Training loss of the interpreter; interpreters that do not train return zero."""
+        return torch.zeros((), device=self.device)
+
+    # --------------------------------------------------------- forward pass
+    def prepare_wavs(self, batch, stage: sb.Stage):
+        """Waveforms of the batch, mixed with WHAM! noise when ``add_wham_noise`` is set.
+
+        Returns
+        -------
+        wavs : torch.Tensor
+            (B, T) waveforms to interpret.
+        gain : torch.Tensor or None
+            (B,) factor by which the clean signal was scaled into the mixture (None: no noise).
+        noise : torch.Tensor or None
+            (B, T) the noise part of the mixture (None: no noise).
+        """
+        from audio_interpretability.data.wham import mix_at_snr
+
+        wavs = batch.sig.data.to(self.device)
+        if not self.hparams.add_wham_noise:
+            return wavs, None, None
+        if self.noise is None:
+            self._make_noise()
+        noise = self.noise.sample(wavs.shape[0], wavs.shape[1]).to(self.device)
+        snr = float(self.hparams.wham_snr_db)
+        mixture, clean_part, noise_part = mix_at_snr(wavs, noise, snr_db=snr, return_parts=True)
+        gain = clean_part.norm(dim=1) / wavs.norm(dim=1).clamp_min(1e-12)
+        return mixture, gain, noise_part
+
+    def ground_truth(self, batch, gain, noise_part) -> torch.Tensor | None:
+        """(B, frames, bins) ground-truth event mask when the batch carries stems, else None."""
+        if not hasattr(batch, "event_sig"):
+            return None
+        from audio_interpretability.data.synthetic import ground_truth_mask
+
+        event = batch.event_sig.data.to(self.device)
+        background = batch.background_sig.data.to(self.device)
+        if gain is not None:
+            event = event * gain[:, None]
+            background = background * gain[:, None] + noise_part
+        return ground_truth_mask(event, background, self.hparams.frontend)
+
+    def masked_passes(self, X: torch.Tensor, masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Classifier logits on ``M*X`` and ``(1-M)*X`` for each mask, in ONE batched pass.
+
+        Returns ``[logits_in(m1), logits_out(m1), logits_in(m2), ...]``, each (B, C).
+        """
+        inputs = []
+        for mask in masks:
+            inputs += [mask * X, (1.0 - mask) * X]
+        logits = self.classifier_forward(torch.cat(inputs, dim=0)).logits  # (2 K B, C)
+        return list(logits.chunk(len(inputs), dim=0))
+
+    def compute_forward(self, batch, stage) -> Interpretation:
+        """Interpret one batch: front-end, classifier, mask, masked-in/out classifier passes."""
+        batch = batch.to(self.device)
+        wavs, gain, noise_part = self.prepare_wavs(batch, stage)
+        spec = self.preprocess(wavs)
+        with torch.no_grad():
+            clf = self.classifier_forward(spec.X, return_maps=self.needs_maps)
+        mask_out = self.make_mask(spec, clf)
+        mask = mask_out.mask
+        if mask.shape != spec.X.shape:
+            raise ValueError(
+                f"{type(self).__name__}.make_mask returned a mask of shape {tuple(mask.shape)} "
+                f"but the spectrogram is {tuple(spec.X.shape)}; align it in make_mask."
+            )
+        extras = dict(mask_out.extras)
+        masks = [mask]
+        if stage != sb.Stage.TRAIN and self.hparams.random_baseline:
+            # Chance baseline: a random mask of the same sparsity, scored in the same pass.
+            extras["random_mask"] = M.random_mask_like(mask, generator=self._baseline_generator())
+            masks.append(extras["random_mask"])
+        logits = self.masked_passes(spec.X, masks)
+        logits_in, logits_out = logits[0], logits[1]
+        if len(logits) == 4:
+            extras["random_logits_in"], extras["random_logits_out"] = logits[2], logits[3]
+        if stage != sb.Stage.TRAIN:
+            truth = self.ground_truth(batch, gain, noise_part)
+            if truth is not None:
+                extras["truth"] = truth
+        if gain is not None:
+            extras["clean_X"] = self.preprocess(batch.sig.data.to(self.device) * gain[:, None]).X
+        return Interpretation(
+            X_int=mask * spec.X,
+            mask=mask,
+            phase=spec.phase,
+            logits=clf.logits,
+            X=spec.X,
+            logits_in=logits_in,
+            logits_out=logits_out,
+            wavs=wavs,
+            spec=spec,
+            extras=extras,
+        )
+
+    # --------------------------------------------------------- objectives, metrics
+    def compute_objectives(self, predictions: Interpretation, batch, stage) -> torch.Tensor:
+        """Interpreter loss; at VALID/TEST also gather every metric of the batch."""
+        loss = self.interpreter_loss(predictions, batch, stage)
+        if stage != sb.Stage.TRAIN:
+            with torch.no_grad():
+                self.update_metrics(predictions, batch, stage)
+                if stage == sb.Stage.TEST:
+                    self.save_batch_interpretations(predictions, batch)
+        return loss
+
+    def update_metrics(self, out: Interpretation, batch, stage) -> None:
+        """Add the batch's per-sample metrics (computed from ``out``, no model re-run)."""
+        labels = batch.class_string_encoded.data.to(self.device).view(-1)
+        values = M.compute_faithfulness_metrics(
+            out.logits, out.logits_in, out.logits_out, out.mask, labels=labels
+        )
+        truth = out.extras.get("truth")
+        threshold = float(self.hparams.loc_threshold)
+        if truth is not None:
+            values.update(M.localization_metrics(out.mask, truth, out.spec.magnitude, threshold))
+        if "random_mask" in out.extras:
+            rand = out.extras["random_mask"]
+            rand_values = M.compute_faithfulness_metrics(
+                out.logits, out.extras["random_logits_in"], out.extras["random_logits_out"], rand
+            )
+            if truth is not None:
+                rand_values.update(
+                    M.localization_metrics(rand, truth, out.spec.magnitude, threshold)
+                )
+            values.update({f"random_{k}": v for k, v in rand_values.items()})
+        values.update(self.extra_metrics(out, batch, stage))
+        self.metric_accumulator.update(values)
+
+    def extra_metrics(self, out: Interpretation, batch, stage) -> dict:
+        """Interpreter-specific per-sample metrics (B,) to report too (default: none)."""
+        return {}
+
+    def _baseline_generator(self) -> torch.Generator:
+        if getattr(self, "_rand_gen", None) is None:
+            self._rand_gen = torch.Generator(device=self.device)
+            self._rand_gen.manual_seed(int(self.hparams.seed) + 1)
+        return self._rand_gen
+
+    # --------------------------------------------------------- saving outputs
+    def class_name(self, index: int) -> str:
+        """Class name of an index (the index itself when no label encoder is known)."""
+        if self.label_encoder is None:
+            return str(index)
+        return str(self.label_encoder.ind2lab[int(index)])
+
+    def save_batch_interpretations(self, out: Interpretation, batch) -> None:
+        """Save WAVs and a PNG for the first ``n_saved_interpretations`` test samples."""
+        if not self.hparams.save_interpretations:
+            return
+        budget = int(self.hparams.n_saved_interpretations) - self.saved_count
+        if budget <= 0 or not sb.utils.distributed.if_main_process():
+            return
+        from audio_interpretability import viz
+
+        n = min(budget, out.X.shape[0])
+        length = out.wavs.shape[1]
+        wav_int = self.hparams.frontend.invert(torch.expm1(out.X_int[:n]), out.phase[:n], length)
+        labels = batch.class_string_encoded.data.view(-1)
+        preds = out.logits.argmax(dim=-1)
+        folder = self.metrics_folder / "interpretations"
+        for i in range(n):
+            name = (
+                f"{batch.id[i]}_true-{self.class_name(labels[i])}_pred-{self.class_name(preds[i])}"
+            )
+            panels = [("input log1p|STFT|", out.X[i])]
+            if "saliency" in out.extras:
+                panels.append(("saliency", out.extras["saliency"][i]))
+            panels += [("mask", out.mask[i]), ("interpretation M*X", out.X_int[i])]
+            if "truth" in out.extras:
+                panels.append(("ground-truth event bins", out.extras["truth"][i]))
+            viz.save_interpretation(
+                folder,
+                name,
+                out.wavs[i].float().cpu(),
+                wav_int[i].float().cpu(),
+                self.hparams.frontend.sample_rate,
+                [(title, p.detach().float().cpu().numpy()) for title, p in panels],
+                suptitle=name,
+            )
+        self.saved_count += n
+
+    # --------------------------------------------------------- stage hooks
+    def on_stage_start(self, stage, epoch=None):
+        """Reset metric bookkeeping; make sure the frozen classifier stays in eval mode."""
+        self.hparams.model.eval()
+        if stage == sb.Stage.TRAIN or self.hparams.add_wham_noise:
+            self._make_noise()
+        if stage != sb.Stage.TRAIN:
+            self.metric_accumulator = M.MetricAccumulator()
+        if stage == sb.Stage.TEST:
+            self.saved_count = 0
+
+    def summarize_stage(self, stage, stage_loss) -> dict:
+        """Plain-float summary of the stage: loss and every metric mean (JSON/meta safe)."""
+        summary = {"loss": float(stage_loss)}
+        if stage != sb.Stage.TRAIN and self.metric_accumulator is not None:
+            summary.update(self.metric_accumulator.summarize())
+        return summary
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Log the stage; at TEST write ``test_metrics.json`` into ``metrics_folder``."""
+        summary = self.summarize_stage(stage, stage_loss)
+        self.last_summary = summary
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = summary
+        elif stage == sb.Stage.VALID:
+            self.on_valid_end(summary, epoch)
+        elif stage == sb.Stage.TEST:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"metrics_folder": str(self.metrics_folder)}, test_stats=summary
+            )
+            if sb.utils.distributed.if_main_process():
+                self.write_metrics(summary)
+
+    def on_valid_end(self, summary: dict, epoch) -> None:
+        """After validation: trainable interpreters log, anneal and checkpoint here."""
+
+    def write_metrics(self, summary: dict, filename: str = "test_metrics.json") -> Path:
+        """Write the metric summary as JSON, atomically; returns the path."""
+        self.metrics_folder.mkdir(parents=True, exist_ok=True)
+        path = self.metrics_folder / filename
+        tmp = path.with_suffix(".json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+        logger.info("Wrote %s", path)
+        return path
