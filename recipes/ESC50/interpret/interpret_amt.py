@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Explain an ESC-50 FocalNet or ViT with AMT (activation-map thresholding).
+
+To run::
+
+    python recipes/ESC50/interpret/interpret_amt.py hparams/amt_focalnet.yaml \
+        --data_folder /path/to/ESC-50-master
+    python recipes/ESC50/interpret/interpret_amt.py hparams/amt_vit.yaml --data_folder D
+
+Every hyperparameter can be overridden (``--quantile 0.8 --overlap_type concat
+--saliency_options "{stages: [-2, -1], aggregation: prod}" --batch_size 8``), and
+SpeechBrain's run options work (``--device cuda:0``, ``--eval_precision bf16``, ``--debug``).
+
+The classifier (``embedding_model_path`` / ``classifier_model_path``, exported by
+``recipes/ESC50/classification/train.py``) is frozen; nothing is trained. The test folds are
+interpreted batch-wise and ``<output_folder>/test_metrics.json`` gets the faithfulness metrics
+(and, on the synthetic data set, the ground-truth localisation scores next to those of a random
+mask of the same sparsity); the first ``n_saved_interpretations`` clips are saved as WAVs and a
+PNG under ``<output_folder>/interpretations``. With ``overlap_test`` the same is done on
+mixtures of two clips of different classes (``overlap_metrics.json``, ``overlap/``).
+
+Authors
+* audio_interpretability contributors
+"""
+
+import os
+import sys
+
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+
+from audio_interpretability.brains.amt import InterpreterESC50Brain
+from audio_interpretability.data.esc50 import dataio_prep, prepare_esc50
+from audio_interpretability.data.wham import check_wham_args
+
+__all__ = ["InterpreterESC50Brain", "main"]
+
+
+def main(argv=None) -> InterpreterESC50Brain:
+    """Run the recipe; ``argv`` defaults to ``sys.argv[1:]``. Returns the Brain (for tests)."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(
+        sys.argv[1:] if argv is None else list(argv)
+    )
+    sb.utils.distributed.ddp_init_group(run_opts)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    if hparams["num_threads"]:
+        torch.set_num_threads(hparams["num_threads"])
+    check_wham_args(hparams["add_wham_noise"], hparams["wham_folder"])
+
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+
+    # Manifests on the main process only (idempotent: skipped when up to date).
+    sb.utils.distributed.run_on_main(
+        prepare_esc50,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_json_train": hparams["train_annotation"],
+            "save_json_valid": hparams["valid_annotation"],
+            "save_json_test": hparams["test_annotation"],
+            "train_fold_nums": hparams["train_fold_nums"],
+            "valid_fold_nums": hparams["valid_fold_nums"],
+            "test_fold_nums": hparams["test_fold_nums"],
+        },
+    )
+    # Class names and indices of the classifier when it exported them, else from the data.
+    label_encoder_file = hparams["pretrained_label_encoder"]
+    if not (label_encoder_file and os.path.isfile(label_encoder_file)):
+        label_encoder_file = hparams["label_encoder_file"]
+    datasets = dataio_prep(
+        annotations={"test": hparams["test_annotation"]},
+        sample_rate=hparams["sample_rate"],
+        label_encoder_file=label_encoder_file,
+        cache_folder=hparams["cache_folder"],
+    )
+
+    brain = InterpreterESC50Brain(
+        modules={},
+        hparams=hparams,
+        run_opts=run_opts,
+        label_encoder=datasets["label_encoder"],
+    )
+    loader_kwargs = dict(hparams["test_dataloader_options"])
+    brain.evaluate(datasets["test"], test_loader_kwargs=dict(loader_kwargs))
+    if hparams["overlap_test"]:
+        brain.evaluate_overlap(datasets["test"], loader_kwargs)
+    return brain
+
+
+if __name__ == "__main__":
+    main()
