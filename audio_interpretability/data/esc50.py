@@ -22,6 +22,7 @@ Authors
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -331,8 +332,18 @@ def load_audio(path: str, sample_rate: int) -> torch.Tensor:
         raise ValueError(f"audio file {path} holds no sample; replace it with a valid clip")
     wav = torch.from_numpy(data).mean(dim=1)  # (T,)
     if source_rate != sample_rate:
-        wav = torchaudio.functional.resample(wav, source_rate, sample_rate)
+        wav = _resampler(int(source_rate), int(sample_rate))(wav)
     return wav.contiguous()
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(source_rate: int, sample_rate: int) -> torchaudio.transforms.Resample:
+    """One resampler (its sinc kernel built once) per pair of rates, shared by every file.
+
+    ``torchaudio.functional.resample`` rebuilds the kernel at each call (about 0.3 s for
+    44.1 -> 16 kHz on this CPU), which dominated the first epoch on ESC-50.
+    """
+    return torchaudio.transforms.Resample(source_rate, sample_rate)
 
 
 def peak_normalize(wav: torch.Tensor) -> torch.Tensor:
