@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Train L-MAC (a mask decoder on a frozen CNN14) on ESC-50, then evaluate it.
+
+To run::
+
+    python recipes/ESC50/interpret/train_lmac.py hparams/lmac_cnn14.yaml \
+        --data_folder /path/to/ESC-50-master
+    # with WHAM! noise in every clip (0 dB):
+    python recipes/ESC50/interpret/train_lmac.py hparams/lmac_cnn14.yaml --data_folder D \
+        --add_wham_noise True --wham_folder /path/to/wham_noise
+    # fine-tuning with the cross-correlation gate and guidance loss:
+    python recipes/ESC50/interpret/train_lmac.py hparams/lmac_cnn14.yaml --data_folder D \
+        --finetuning True --pretrained_interpreter <first run>/save/psi_model.ckpt --g_w 4 \
+        --output_folder results/LMAC_cnn14_ft
+    # evaluate a trained decoder only:
+    ... --test_only True --pretrained_interpreter P
+
+Every hyperparameter can be overridden on the command line and SpeechBrain's run options work
+(``--device``, ``--precision``, ``--debug``, ``torchrun``). An interrupted run resumes from
+its last checkpoint in ``<save_folder>``. The best decoder (``ckpt_key`` / ``ckpt_mode``) is
+exported to ``<save_folder>/psi_model.ckpt`` and evaluated on ``test_fold_nums``:
+
+* ``<output_folder>/test_metrics.json``: the main setting (with WHAM! noise from the held-out
+  ``wham_test_split`` when ``add_wham_noise``, else the clean clips);
+* ``<output_folder>/clean/test_metrics.json``: the clean clips (only with ``add_wham_noise``).
+
+Authors
+* audio_interpretability contributors
+"""
+
+import os
+import sys
+
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+
+from audio_interpretability.brains.lmac import LMAC, evaluate_setting, prepare_datasets
+from audio_interpretability.data.wham import check_wham_args
+
+__all__ = ["LMAC", "main"]
+
+
+def main(argv=None) -> dict:
+    """Run the recipe; ``argv`` defaults to ``sys.argv[1:]``.
+
+    Returns
+    -------
+    dict
+        ``{setting: metrics}`` for the evaluated settings ("main", and "clean" with noise).
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(
+        sys.argv[1:] if argv is None else list(argv)
+    )
+    sb.utils.distributed.ddp_init_group(run_opts)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    if hparams["num_threads"]:
+        torch.set_num_threads(hparams["num_threads"])
+    # Fail before any work when WHAM! noise is asked for without a usable folder.
+    check_wham_args(hparams["add_wham_noise"], hparams["wham_folder"])
+
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    datasets = prepare_datasets(hparams)
+
+    test_only = hparams["test_only"]
+    brain = LMAC(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=None if test_only else hparams["checkpointer"],
+        label_encoder=datasets["label_encoder"],
+    )
+    if not test_only:
+        brain.fit(
+            brain.hparams.epoch_counter,
+            datasets["train"],
+            datasets["valid"],
+            train_loader_kwargs=hparams["dataloader_options"],
+            valid_loader_kwargs=hparams["test_dataloader_options"],
+        )
+
+    # Test the best checkpoint (test_only: the pretrained_interpreter loaded at start-up).
+    settings = {"main": (hparams["output_folder"], hparams["add_wham_noise"])}
+    if hparams["add_wham_noise"]:
+        settings["clean"] = (os.path.join(hparams["output_folder"], "clean"), False)
+    results = {}
+    for name, (folder, noisy) in settings.items():
+        results[name] = evaluate_setting(
+            brain,
+            datasets["test"],
+            folder,
+            hparams["test_dataloader_options"],
+            add_wham_noise=noisy,
+            wham_split=hparams["wham_test_split"],
+            **brain.best_checkpoint_key(),
+        )
+    return results
+
+
+if __name__ == "__main__":
+    main()
