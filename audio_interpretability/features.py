@@ -133,7 +133,9 @@ class Frontend(torch.nn.Module):
             Named tuple (stft, magnitude, X, phase); see :class:`Spectrogram`.
         """
         if wavs.dim() != 2:
-            raise ValueError(f"Frontend expects (batch, time) waveforms, got shape {tuple(wavs.shape)}")
+            raise ValueError(
+                f"Frontend expects (batch, time) waveforms, got shape {tuple(wavs.shape)}"
+            )
         stft = self.compute_stft(wavs)  # (B, frames, bins, 2)
         magnitude = spectral_magnitude(stft, power=self.spec_mag_power)  # (B, frames, bins)
         X = torch.log1p(magnitude)

@@ -1,0 +1,261 @@
+"""Throughput and peak memory of one L-MAC training batch and one evaluation batch.
+
+Paper configuration: CNN14 at full width (base 64, emb_dim 2048, 50 classes), the full-width
+decoder (SpeechBrain's ``CNN14PSI_stft(2048)``, 236 M parameters), 5 s clips at 16 kHz, batch 2.
+
+Two implementations are timed, each configuration in its own subprocess so that peak memory
+(``ru_maxrss`` on CPU, ``max_memory_allocated`` on CUDA) is measured separately:
+
+* ``ours``: :class:`audio_interpretability.brains.lmac.LMAC` built from
+  ``hparams/lmac_cnn14.yaml`` (``fit_batch`` / ``evaluate_batch`` of the Brain, every metric
+  included in evaluation, the random-mask baseline off as the published recipe has none);
+* ``published``: a re-implementation of the published SpeechBrain recipe's step with
+  SpeechBrain's own modules (``Cnn14``, ``CNN14PSI_stft``, ``STFT``, ``Filterbank``): three
+  separate classifier passes per training step, and in evaluation the interpretation recomputed
+  for the metrics (the decoder runs three times per batch). Its classifier is frozen too, which
+  makes it faster than the original (that one also back-propagates into CNN14's weights).
+
+Usage::
+
+    python benchmarks/bench_lmac.py results/bench/lmac_cpu.json
+    python benchmarks/bench_lmac.py results/bench/lmac_gpu.json --device cuda --precision bf16
+
+Prints a table and writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_RATE = 16000
+
+
+def _batch(batch_size: int, seconds: float, device: str):
+    """A PaddedBatch like the data pipeline's: ids, waveforms, labels."""
+    from speechbrain.dataio.batch import PaddedBatch
+
+    gen = torch.Generator().manual_seed(0)
+    n = int(seconds * SAMPLE_RATE)
+    items = []
+    for i in range(batch_size):
+        wav = torch.randn(n, generator=gen) * 0.1
+        items.append(
+            {
+                "id": f"clip{i}",
+                "sig": wav / wav.abs().max(),
+                "class_string_encoded": torch.tensor([i]),
+            }
+        )
+    return PaddedBatch(items).to(device)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _ours(stage: str, args):
+    """(step function, label) for our LMAC Brain."""
+    import speechbrain as sb
+    from hyperpyyaml import load_hyperpyyaml
+
+    out = tempfile.mkdtemp(prefix="bench_lmac_")
+    overrides = {
+        "data_folder": out,
+        "output_folder": out,
+        "base_channels": 64,
+        "emb_dim": 2048,
+        "decoder_width": None,
+        "out_n_neurons": 50,
+        "embedding_model_path": None,
+        "classifier_model_path": None,
+        "random_baseline": False,
+        "save_interpretations": False,
+        "num_threads": 0,
+    }
+    with open(REPO / "hparams" / "lmac_cnn14.yaml") as f:
+        hparams = load_hyperpyyaml(f, overrides)
+    from audio_interpretability.brains.lmac import LMAC
+
+    brain = LMAC(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts={"device": args.device, "precision": args.precision, "noprogressbar": True},
+        checkpointer=hparams["checkpointer"],
+    )
+    batch = _batch(args.batch_size, args.seconds, args.device)
+    if stage == "train":
+        brain.on_fit_start()
+        brain.on_stage_start(sb.Stage.TRAIN, 1)
+        brain.modules.train()
+        return lambda: brain.fit_batch(batch)
+    brain.on_stage_start(sb.Stage.TEST)
+    brain.modules.eval()
+    return lambda: brain.evaluate_batch(batch, sb.Stage.TEST)
+
+
+def _published(stage: str, args):
+    """(step function) re-implementing the published recipe's L-MAC step."""
+    from speechbrain.lobes.models.Cnn14 import Cnn14, CNN14PSI_stft
+    from speechbrain.nnet.linear import Linear
+    from speechbrain.processing.features import STFT, Filterbank, spectral_magnitude
+
+    device = args.device
+    stft = STFT(sample_rate=SAMPLE_RATE, n_fft=1024, win_length=23.2199, hop_length=11.6099)
+    fbank = Filterbank(n_mels=80, n_fft=1024, sample_rate=SAMPLE_RATE, log_mel=False).to(device)
+    embedding_model = Cnn14(mel_bins=80, emb_dim=2048, return_reps=True).to(device).eval()
+    classifier = Linear(input_size=2048, n_neurons=50).to(device).eval()
+    for module in (embedding_model, classifier):
+        module.requires_grad_(False)
+    psi = CNN14PSI_stft(dim=2048, outdim=1).to(device)
+    optimizer = torch.optim.Adam(psi.parameters(), lr=2e-4, weight_decay=2e-6)
+    wavs = _batch(args.batch_size, args.seconds, device).sig.data
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+    amp = torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None)
+
+    def preprocess(w):
+        X_stft = stft(w)
+        power = spectral_magnitude(X_stft, power=0.5)
+        return torch.log1p(power), torch.log1p(fbank(power))
+
+    def classifier_forward(mel):
+        emb, hcat = embedding_model(mel)
+        return hcat, classifier(emb).squeeze(1)
+
+    def interpret(w):  # interpret_computation_steps of the published recipe
+        X, mel = preprocess(w)
+        hcat, predictions = classifier_forward(mel)
+        xhat = torch.sigmoid(psi(hcat).squeeze(1))
+        X = X[:, : xhat.shape[1]]
+        return xhat, X, predictions
+
+    def masked_logits(X):
+        return classifier_forward(torch.log1p(fbank(torch.expm1(X))))[1]
+
+    def loss_of(xhat, X, predictions):
+        target = predictions.argmax(1)
+        l_in = F.nll_loss(masked_logits(xhat * X).log_softmax(1), target)
+        l_out = -F.nll_loss(masked_logits((1 - xhat) * X).log_softmax(1), target)
+        return 4 * l_in + 0.2 * l_out + 0.4 * xhat.abs().mean()
+
+    if stage == "train":
+        psi.train()
+
+        def step():
+            with amp:
+                loss = loss_of(*interpret(wavs))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        return step
+    psi.eval()
+
+    @torch.no_grad()
+    def step():
+        with amp:
+            xhat, X, predictions = interpret(wavs)
+            loss_of(xhat, X, predictions)
+            for _ in range(2):  # metrics recompute the interpretation (decoder runs 3x in all)
+                xhat2, X2, predictions2 = interpret(wavs)
+                masked_logits(xhat2 * X2).softmax(1)
+
+    return step
+
+
+def child(args) -> dict:
+    """Time one (implementation, stage) configuration in this process."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(REPO))
+    step = (_ours if args.impl == "ours" else _published)(args.stage, args)
+    times = []
+    for i in range(args.warmup + args.iters):
+        _sync(args.device)
+        start = time.perf_counter()
+        step()
+        _sync(args.device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    result = {
+        "impl": args.impl,
+        "stage": args.stage,
+        "precision": args.precision,
+        "device": args.device,
+        "seconds_per_batch": sorted(times)[len(times) // 2],
+        "all_times": times,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+    }
+    if args.device.startswith("cuda"):
+        result["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 1024**3
+    return result
+
+
+def main(argv=None) -> list:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("output", help="JSON file for the results")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--impls", default="ours,published")
+    parser.add_argument("--stages", default="train,eval")
+    parser.add_argument("--impl", help=argparse.SUPPRESS)
+    parser.add_argument("--stage", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.impl:  # child process
+        print(json.dumps(child(args)))
+        return []
+    results = []
+    for impl in args.impls.split(","):
+        for stage in args.stages.split(","):
+            cmd = [sys.executable, __file__, args.output, "--impl", impl, "--stage", stage]
+            for key in (
+                "device",
+                "precision",
+                "batch_size",
+                "seconds",
+                "iters",
+                "warmup",
+                "threads",
+            ):
+                cmd += [f"--{key}", str(getattr(args, key))]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+            if proc.returncode != 0:
+                raise RuntimeError(f"{impl}/{stage} failed:\n{proc.stderr[-3000:]}")
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            r = results[-1]
+            mem = r.get("peak_cuda_gb", r["peak_rss_gb"])
+            print(
+                f"{impl:10s} {stage:5s} {args.precision:5s} {r['seconds_per_batch']:8.2f} s/batch  "
+                f"peak {mem:5.2f} GB",
+                flush=True,
+            )
+    by = {(r["impl"], r["stage"]): r["seconds_per_batch"] for r in results}
+    for stage in args.stages.split(","):
+        if ("ours", stage) in by and ("published", stage) in by:
+            print(f"speed-up {stage}: {by[('published', stage)] / by[('ours', stage)]:.2f}x")
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": vars(args), "results": results}, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
