@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from audio_interpretability.brains.interpreter import Interpretation, InterpreterBrain, MaskOutput
 from audio_interpretability.features import Spectrogram
 from audio_interpretability.models.base import ClassifierOutput
+from audio_interpretability.recipe_utils import prepare_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -492,43 +493,6 @@ class LMAC(InterpreterBrain):
 # --------------------------------------------------------------------------------------------
 # Helpers of the recipe scripts (train_lmac.py, eval.py)
 # --------------------------------------------------------------------------------------------
-def prepare_datasets(hparams: dict) -> dict:
-    """ESC-50 manifests (main process, idempotent) and the train / valid / test datasets.
-
-    Reads ``data_folder``, ``{train,valid,test}_annotation``, ``{train,valid,test}_fold_nums``,
-    ``sample_rate``, ``label_encoder_file`` and ``cache_folder``.
-
-    Returns
-    -------
-    dict
-        ``{"train", "valid", "test": DynamicItemDataset, "label_encoder": CategoricalEncoder}``.
-    """
-    from audio_interpretability.data.esc50 import dataio_prep, prepare_esc50
-
-    sb.utils.distributed.run_on_main(
-        prepare_esc50,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_json_train": hparams["train_annotation"],
-            "save_json_valid": hparams["valid_annotation"],
-            "save_json_test": hparams["test_annotation"],
-            "train_fold_nums": hparams["train_fold_nums"],
-            "valid_fold_nums": hparams["valid_fold_nums"],
-            "test_fold_nums": hparams["test_fold_nums"],
-        },
-    )
-    return dataio_prep(
-        annotations={
-            "train": hparams["train_annotation"],
-            "valid": hparams["valid_annotation"],
-            "test": hparams["test_annotation"],
-        },
-        sample_rate=hparams["sample_rate"],
-        label_encoder_file=hparams["label_encoder_file"],
-        cache_folder=hparams["cache_folder"],
-    )
-
-
 def evaluate_setting(
     brain: InterpreterBrain,
     test_set,

@@ -30,19 +30,14 @@ Authors
 
 import json
 import os
-import sys
-
-import speechbrain as sb
-import torch
-from hyperpyyaml import load_hyperpyyaml
 
 from audio_interpretability.brains.lmac import (
     LMAC,
     evaluate_setting,
     interpret_single_sample,
-    prepare_datasets,
 )
 from audio_interpretability.data.ood import OVERLAP_TYPES, OverlapDataset, check_overlap_type
+from audio_interpretability.recipe_utils import load_recipe, prepare_datasets
 
 __all__ = ["LMAC", "main"]
 
@@ -80,24 +75,13 @@ def main(argv=None) -> dict:
         ``{setting: metrics}``, or for ``--single_sample`` the
         :class:`~audio_interpretability.brains.lmac.SingleSampleResult` as a dict.
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(
-        sys.argv[1:] if argv is None else list(argv)
-    )
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    if hparams["num_threads"]:
-        torch.set_num_threads(hparams["num_threads"])
+    hparams, run_opts = load_recipe(argv)
     if not hparams["pretrained_interpreter"]:
         raise ValueError(
             "eval.py needs --pretrained_interpreter <save_folder>/psi_model.ckpt (written by "
             "train_lmac.py)"
         )
     settings = ood_settings(hparams["overlap_type"])  # fail early on a bad overlap_type
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
 
     if hparams["single_sample"]:
         brain = LMAC(

@@ -24,60 +24,21 @@ Authors
 """
 
 import os
-import sys
-
-import speechbrain as sb
-import torch
-from hyperpyyaml import load_hyperpyyaml
 
 from audio_interpretability.brains.amt import InterpreterESC50Brain
-from audio_interpretability.data.esc50 import dataio_prep, prepare_esc50
-from audio_interpretability.data.wham import check_wham_args
+from audio_interpretability.recipe_utils import load_recipe, prepare_datasets
 
 __all__ = ["InterpreterESC50Brain", "main"]
 
 
 def main(argv=None) -> InterpreterESC50Brain:
     """Run the recipe; ``argv`` defaults to ``sys.argv[1:]``. Returns the Brain (for tests)."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(
-        sys.argv[1:] if argv is None else list(argv)
-    )
-    sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    if hparams["num_threads"]:
-        torch.set_num_threads(hparams["num_threads"])
-    check_wham_args(hparams["add_wham_noise"], hparams["wham_folder"])
-
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
-
-    # Manifests on the main process only (idempotent: skipped when up to date).
-    sb.utils.distributed.run_on_main(
-        prepare_esc50,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_json_train": hparams["train_annotation"],
-            "save_json_valid": hparams["valid_annotation"],
-            "save_json_test": hparams["test_annotation"],
-            "train_fold_nums": hparams["train_fold_nums"],
-            "valid_fold_nums": hparams["valid_fold_nums"],
-            "test_fold_nums": hparams["test_fold_nums"],
-        },
-    )
+    hparams, run_opts = load_recipe(argv)
     # Class names and indices of the classifier when it exported them, else from the data.
     label_encoder_file = hparams["pretrained_label_encoder"]
     if not (label_encoder_file and os.path.isfile(label_encoder_file)):
         label_encoder_file = hparams["label_encoder_file"]
-    datasets = dataio_prep(
-        annotations={"test": hparams["test_annotation"]},
-        sample_rate=hparams["sample_rate"],
-        label_encoder_file=label_encoder_file,
-        cache_folder=hparams["cache_folder"],
-    )
+    datasets = prepare_datasets(hparams, ("test",), label_encoder_file)
 
     brain = InterpreterESC50Brain(
         modules={},

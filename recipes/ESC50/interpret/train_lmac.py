@@ -29,14 +29,9 @@ Authors
 """
 
 import os
-import sys
 
-import speechbrain as sb
-import torch
-from hyperpyyaml import load_hyperpyyaml
-
-from audio_interpretability.brains.lmac import LMAC, evaluate_setting, prepare_datasets
-from audio_interpretability.data.wham import check_wham_args
+from audio_interpretability.brains.lmac import LMAC, evaluate_setting
+from audio_interpretability.recipe_utils import load_recipe, prepare_datasets
 
 __all__ = ["LMAC", "main"]
 
@@ -49,22 +44,7 @@ def main(argv=None) -> dict:
     dict
         ``{setting: metrics}`` for the evaluated settings ("main", and "clean" with noise).
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(
-        sys.argv[1:] if argv is None else list(argv)
-    )
-    sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    if hparams["num_threads"]:
-        torch.set_num_threads(hparams["num_threads"])
-    # Fail before any work when WHAM! noise is asked for without a usable folder.
-    check_wham_args(hparams["add_wham_noise"], hparams["wham_folder"])
-
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams, run_opts = load_recipe(argv)
     datasets = prepare_datasets(hparams)
 
     test_only = hparams["test_only"]
