@@ -30,7 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from audio_interpretability.models.base import Backbone, BackboneOutput
-from audio_interpretability.models.image_input import DropPath, spectrogram_to_image
+from audio_interpretability.models.image_input import (
+    DropPath,
+    init_transformer_weights,
+    spectrogram_to_image,
+)
 
 #: Named FocalNet configurations (constructor kwargs), used by :meth:`FocalNet.from_config`.
 #: "base" = microsoft/focalnet-base (FocalNet-B, small receptive field), "base-lrf" = the large
@@ -474,7 +478,7 @@ class FocalNet(Backbone):
                 )
             )
         self.norm = nn.LayerNorm(self.embedding_dim)
-        self.apply(self._init_weights)
+        self.apply(init_transformer_weights)
 
     def _per_stage(self, value: int | Sequence[int], name: str) -> list[int]:
         if isinstance(value, int):
@@ -486,16 +490,6 @@ class FocalNet(Backbone):
                 "give one int or one value per stage."
             )
         return value
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
     @classmethod
     def from_config(cls, name: str, **overrides) -> FocalNet:

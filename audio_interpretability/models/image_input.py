@@ -101,6 +101,19 @@ def image_to_spectrogram(saliency: torch.Tensor, n_frames: int, n_bins: int) -> 
     ).squeeze(1)  # (B, n_frames, n_bins)
 
 
+def init_transformer_weights(module: torch.nn.Module) -> None:
+    """ViT / FocalNet initialisation (``model.apply(init_transformer_weights)``): truncated
+    normal (std 0.02) Linear weights with zero biases, unit LayerNorm weights with zero biases.
+    """
+    if isinstance(module, torch.nn.Linear):
+        torch.nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
+    elif isinstance(module, torch.nn.LayerNorm):
+        torch.nn.init.ones_(module.weight)
+        torch.nn.init.zeros_(module.bias)
+
+
 class DropPath(torch.nn.Module):
     """Stochastic depth: drop a whole residual branch per sample during training.
 

@@ -24,7 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from audio_interpretability.models.base import Backbone, BackboneOutput
-from audio_interpretability.models.image_input import DropPath, spectrogram_to_image
+from audio_interpretability.models.image_input import (
+    DropPath,
+    init_transformer_weights,
+    spectrogram_to_image,
+)
 
 #: Named ViT configurations (constructor kwargs), used by :meth:`ViT.from_config`.
 VIT_CONFIGS: dict[str, dict] = {
@@ -220,17 +224,7 @@ class ViT(Backbone):
 
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        self.apply(init_transformer_weights)
 
     @classmethod
     def from_config(cls, name: str, **overrides) -> ViT:
