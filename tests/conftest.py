@@ -4,12 +4,6 @@ import pytest
 import torch
 
 
-def pytest_configure(config):
-    # Tiny test models are dominated by per-op overhead: one thread is faster on a 2-core box
-    # and does not fight other processes for the cores.
-    torch.set_num_threads(1)
-
-
 def pytest_addoption(parser):
     parser.addoption(
         "--device", action="store", default="cpu", help="torch device for the tests (cpu, cuda)"
@@ -25,8 +19,13 @@ def device(request) -> torch.device:
 
 
 @pytest.fixture(autouse=True)
-def _seed_everything():
+def _seed_and_one_thread():
+    """Every test starts seeded and single-threaded. Tiny test models are dominated by per-op
+    overhead: one thread is faster on a 2-core box and does not fight other processes for the
+    cores; recipes run by a test may change the thread count (``num_threads``), so it is reset
+    before each test."""
     torch.manual_seed(0)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -6,15 +6,6 @@ import torch
 from audio_interpretability.models.focalnet import FOCALNET_CONFIGS, FocalNet
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP oversubscription on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_modulators_are_what_a_hook_on_h_captures(device):
     model = FocalNet.from_config("tiny-cpu").to(device).eval()
     captured = {}

@@ -68,15 +68,6 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP oversubscription on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def spectrogram() -> torch.Tensor:
     """(3, 87, 513) log1p magnitude of three different seeded 1 s clips (tone + noise)."""

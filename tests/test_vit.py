@@ -9,15 +9,6 @@ GRID = 8  # tiny-cpu: 64 x 64 image, patch 8
 N_TOKENS = GRID * GRID + 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP oversubscription on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def model() -> ViT:
     return ViT.from_config("tiny-cpu").eval()
