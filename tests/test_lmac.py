@@ -120,19 +120,22 @@ def test_loss_decreases_gradients_reach_only_the_decoder(tmp_path, device, class
         assert torch.equal(value, frozen[key]), f"frozen classifier changed: {key}"
 
 
-def test_loss_is_the_documented_objective(tmp_path, device, classifier_ckpt):
-    brain = make_brain(tmp_path, device, classifier_ckpt, reg_w_tv=0.5)
+@pytest.mark.parametrize("regularizer", ["published", "per_sample"])
+def test_loss_is_the_documented_objective(tmp_path, device, classifier_ckpt, regularizer):
+    brain = make_brain(tmp_path, device, classifier_ckpt, reg_w_tv=0.5, regularizer=regularizer)
     batch = tiny_batch()
     with torch.no_grad():
         out = brain.compute_forward(batch, sb.Stage.TRAIN)
         loss = brain.interpreter_loss(out, batch, sb.Stage.TRAIN)
     y = out.logits.argmax(-1)
-    expected = (
-        4.0 * F.cross_entropy(out.logits_in, y)
-        - 0.2 * F.cross_entropy(out.logits_out, y)
-        + (0.4 * out.mask.abs().mean((1, 2)) + 0.5 * total_variation(out.mask)).mean()
-    )
-    assert torch.allclose(loss, expected, atol=1e-5)
+    m = out.mask
+    if regularizer == "published":  # batch-summed: B * (0.4 mean|M| + 0.5 tv), tv / (2 B)
+        tv = ((m[:, :, 1:] - m[:, :, :-1]) ** 2).sum() + ((m[:, 1:] - m[:, :-1]) ** 2).sum()
+        reg = m.shape[0] * (0.4 * m.abs().mean() + 0.5 * tv / (2 * m.shape[0]))
+    else:
+        reg = (0.4 * m.abs().mean((1, 2)) + 0.5 * total_variation(m)).mean()
+    expected = 4.0 * F.cross_entropy(out.logits_in, y) - 0.2 * F.cross_entropy(out.logits_out, y)
+    assert torch.allclose(loss, expected + reg, atol=1e-5)
 
 
 def test_total_variation_hand_computed():
@@ -222,10 +225,10 @@ def test_gate_counts_and_guidance_replaces_the_regulariser(
     loss = brain.interpreter_loss(out, None, sb.Stage.TRAIN)
     loss2 = brain.interpreter_loss(out, None, sb.Stage.TRAIN)  # counts accumulate per stage
     y = clf_logits.argmax(-1)
-    reg = 0.4 * mask.mean((1, 2))
+    reg = 0.4 * mask.mean() * 2  # published: batch-mean L1 times the 2 clips not gated
     guidance = 4.0 * guidance_loss(logits, X, clean, guide, 0.35)
-    per_sample = torch.cat((guidance[:3], reg[3:]))
-    expected = 4.0 * F.cross_entropy(l_in, y) - 0.2 * F.cross_entropy(l_out, y) + per_sample.mean()
+    guided = torch.cat((guidance[:3], torch.zeros(2))).mean()
+    expected = 4.0 * F.cross_entropy(l_in, y) - 0.2 * F.cross_entropy(l_out, y) + reg + guided
     assert torch.allclose(loss, expected, atol=1e-5) and torch.allclose(loss2, expected)
     summary = brain.summarize_stage(sb.Stage.TRAIN, float(loss))
     assert summary["gate_passed"] == 6.0 and summary["gate_fraction"] == pytest.approx(0.6)

@@ -3,30 +3,41 @@
 A decoder ``psi`` reads the intermediate maps of a frozen CNN14 and outputs one mask logit per
 bin of the linear spectrogram X = log1p|STFT|; the mask is ``M = sigmoid(logits)``. It is
 trained so that the masked-in spectrogram ``M * X`` keeps the classifier's decision and the
-masked-out one ``(1 - M) * X`` loses it::
+masked-out one ``(1 - M) * X`` loses it. The default objective is the published one
+(SpeechBrain ``recipes/ESC50/interpret/train_lmac.py``), term for term, for a batch of B clips
+of which the guidance gate ``g_b`` (fine-tuning only, else 0) lets ``n = sum_b (1 - g_b)``
+through to the regulariser::
 
     y    = argmax f(X)                         (the classifier's decision on the input)
-    loss = l_in_w  * CE(f(M * X), y)
-         - l_out_w * CE(f((1 - M) * X), y)
-         + mean over the batch of  reg_w_l1 * mean|M| + reg_w_tv * TV(M)
-    TV(M) = mean |M[t+1, k] - M[t, k]| + mean |M[t, k+1] - M[t, k]|   (per sample)
+    loss = l_in_w  * CE(f(M * X), y)  -  l_out_w * CE(f((1 - M) * X), y)
+         + n * (reg_w_l1 * mean_{b,t,k} |M|  +  reg_w_tv * TV(M))
+         + g_w * mean_b g_b * guidance_b                     (fine-tuning)
+    TV(M) = (sum (M[b,t,k+1] - M[b,t,k])^2 + sum (M[b,t+1,k] - M[b,t,k])^2) / (2 B)
 
-where ``f`` is the frozen CNN14 applied through its ``input_from_spectrogram``
-(``log1p(fbank(expm1(.)))``). The base class runs the classifier once on X (maps included) and
-once, batched, on ``[M * X ; (1 - M) * X]`` with gradients flowing to the mask only.
+so the regulariser grows with the batch size (at the published batch size 16, plain training
+weighs ``mean|M|`` by ``16 * reg_w_l1 = 6.4``). ``f`` is the frozen CNN14 applied through its
+``input_from_spectrogram`` (``log1p(fbank(expm1(.)))``). The base class runs the classifier
+once on X (maps included) and once, batched, on ``[M * X ; (1 - M) * X]`` with gradients
+flowing to the mask only.
 
-Fine-tuning (``finetuning: True``, from a ``pretrained_interpreter``) adds a guidance term on
-the samples whose interpretation already resembles the clean sound, measured by
-:func:`cross_correlation` between the clean spectrogram and ``M * X`` (gate: ``crosscor >=
-crosscor_th``). For those samples ``g_w * guidance`` replaces the L1/TV regulariser::
+``regularizer: per_sample`` selects the variant of our first version instead: the L1 and TV
+terms per clip (``reg_w_l1 * mean_{t,k}|M_b| + reg_w_tv * TVabs(M_b)``, TVabs the mean
+absolute difference of neighbouring bins), averaged over the batch with the gated clips
+counting 0, i.e. independent of the batch size (``reg_w_l1`` then means B times less).
+
+Fine-tuning (``finetuning: True``, from a ``pretrained_interpreter``) gates each clip by
+:func:`cross_correlation` between the clean reference spectrogram and ``M * X``
+(``g_b = crosscor >= crosscor_th``) and guides the gated clips towards the clean sound::
 
     binary:  BCE(M, 1[X_clean >= bin_th * max X_clean])
     l2:      mean((M * X - X_clean)^2)
 
-Differences from the published recipe (documented in docs/LMAC.md): the regulariser is a
-per-sample mean averaged over the batch (the published code scales it by the batch size), TV
-is a mean absolute difference (the published ``tv_loss`` sums squared differences), the mask
-covers every frame of the clip (``CNN14Decoder.align_frames`` pads the decoder's frames to the
+``X_clean`` is, as published, the spectrogram of the clean clip as loaded (peak-normalised,
+``guidance_reference: clean``); ``guidance_reference: mixture_scaled`` uses the clean clip
+scaled as it is inside the WHAM! mixture instead (the same thing without noise).
+
+Other differences from the published recipe (documented in docs/LMAC.md): the mask covers
+every frame of the clip (``CNN14Decoder.align_frames`` pads the decoder's frames to the
 spectrogram's; the published code crops the spectrogram), and the checkpoint meta holds plain
 floats (the published one holds 0-d tensors, which break recovery with SpeechBrain 1.1.2).
 
@@ -56,6 +67,10 @@ logger = logging.getLogger(__name__)
 CROSSCOR_TYPES = ("dotp", "conv")
 GUIDELOSS_TYPES = ("binary", "l2")
 CKPT_MODES = ("min", "max")
+#: ``regularizer`` hparam: the published batch-summed L1/TV (default) or our per-sample mean.
+REGULARIZERS = ("published", "per_sample")
+#: ``guidance_reference`` hparam: the clean clip as loaded (published) or scaled into the mixture.
+GUIDANCE_REFERENCES = ("clean", "mixture_scaled")
 #: File name of the exported decoder (``<save_folder>/psi_model.ckpt``).
 PSI_FILE = "psi_model.ckpt"
 _EPS = 1e-8
@@ -63,14 +78,18 @@ _EPS = 1e-8
 __all__ = [
     "CROSSCOR_TYPES",
     "GUIDELOSS_TYPES",
+    "GUIDANCE_REFERENCES",
     "LMAC",
     "PSI_FILE",
+    "REGULARIZERS",
     "SingleSampleResult",
     "cross_correlation",
     "evaluate_setting",
     "guidance_loss",
     "interpret_single_sample",
+    "lmac_loss",
     "prepare_datasets",
+    "published_tv_loss",
     "total_variation",
 ]
 
@@ -179,6 +198,34 @@ def total_variation(mask: torch.Tensor) -> torch.Tensor:
     return d_time + d_freq
 
 
+def published_tv_loss(mask: torch.Tensor) -> torch.Tensor:
+    """Total variation of a batch of masks as the published ``tv_loss``: one scalar.
+
+    ``(sum (M[b,t,k+1] - M[b,t,k])^2 + sum (M[b,t+1,k] - M[b,t,k])^2) / (2 B)``, summed over
+    the whole batch (SpeechBrain ``train_lmac.py``, ``power=2``, ``tv_weight=1``).
+
+    Arguments
+    ---------
+    mask : torch.Tensor
+        (B, frames, bins) masks.
+
+    Returns
+    -------
+    torch.Tensor
+        0-d total variation of the batch.
+
+    Example
+    -------
+    >>> published_tv_loss(torch.tensor([[[0.0, 1.0], [0.0, 1.0]]]))  # (1 + 1) / 2
+    tensor(1.)
+    """
+    if mask.dim() != 3:
+        raise ValueError(f"published_tv_loss expects (B, frames, bins), got {tuple(mask.shape)}")
+    d_freq = (mask[:, :, :-1] - mask[:, :, 1:]).pow(2).sum()
+    d_time = (mask[:, :-1, :] - mask[:, 1:, :]).pow(2).sum()
+    return (d_freq + d_time) / (2.0 * mask.shape[0])
+
+
 def guidance_loss(
     mask_logits: torch.Tensor,
     X: torch.Tensor,
@@ -232,6 +279,97 @@ def guidance_loss(
     return (torch.sigmoid(logits) * X - clean_X).pow(2).mean(dim=(1, 2))
 
 
+def lmac_loss(
+    logits: torch.Tensor,
+    logits_in: torch.Tensor,
+    logits_out: torch.Tensor,
+    mask_logits: torch.Tensor,
+    X: torch.Tensor,
+    clean_X: torch.Tensor | None = None,
+    *,
+    l_in_w: float = 4.0,
+    l_out_w: float = 0.2,
+    reg_w_l1: float = 0.4,
+    reg_w_tv: float = 0.0,
+    finetuning: bool = False,
+    g_w: float = 4.0,
+    crosscor_th: float = 0.6,
+    crosscortype: str = "dotp",
+    guidelosstype: str = "binary",
+    bin_th: float = 0.35,
+    regularizer: str = "published",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The L-MAC objective of one batch (see the module docstring), and the guidance gate.
+
+    Arguments
+    ---------
+    logits : torch.Tensor
+        (B, C) classifier logits on the input (their argmax is the target).
+    logits_in, logits_out : torch.Tensor
+        (B, C) classifier logits on ``M * X`` and ``(1 - M) * X``.
+    mask_logits : torch.Tensor
+        (B, frames, bins) decoder output; ``M = sigmoid(mask_logits)``.
+    X : torch.Tensor
+        (B, frames, bins) the (possibly noisy) input spectrogram the mask applies to.
+    clean_X : torch.Tensor, optional
+        (B, frames, bins) clean reference spectrogram (fine-tuning; default ``X``).
+    l_in_w, l_out_w, reg_w_l1, reg_w_tv, g_w, crosscor_th, bin_th : float
+        Loss weights and thresholds, as the published hparams of the same names.
+    finetuning : bool
+        Add the gated guidance term.
+    crosscortype : str
+        "dotp" or "conv" (:func:`cross_correlation`).
+    guidelosstype : str
+        "binary" or "l2" (:func:`guidance_loss`).
+    regularizer : str
+        "published" (batch-summed, the default) or "per_sample" (see the module docstring).
+
+    Returns
+    -------
+    loss : torch.Tensor
+        0-d loss.
+    gate : torch.Tensor
+        (B,) bool: the clips whose guidance term replaced the regulariser (all False
+        without fine-tuning).
+
+    Example
+    -------
+    >>> logits = torch.tensor([[2.0, 0.0]])
+    >>> mask_logits = torch.zeros(1, 4, 3)  # M = 0.5
+    >>> loss, gate = lmac_loss(logits, logits, -logits, mask_logits, torch.ones(1, 4, 3),
+    ...                        l_in_w=0.0, l_out_w=0.0, reg_w_l1=0.4)
+    >>> round(loss.item(), 4), gate.tolist()  # 1 clip * 0.4 * mean|M|
+    (0.2, [False])
+    """
+    if regularizer not in REGULARIZERS:
+        raise ValueError(
+            f"unknown regularizer {regularizer!r}; use one of {', '.join(REGULARIZERS)}"
+        )
+    target = logits.argmax(dim=-1)  # (B,) the classifier's decision
+    l_in = F.cross_entropy(logits_in.float(), target)
+    l_out = F.cross_entropy(logits_out.float(), target)
+    loss = float(l_in_w) * l_in - float(l_out_w) * l_out
+    mask = torch.sigmoid(mask_logits.float())  # (B, frames, bins)
+    if finetuning:
+        clean_X = X if clean_X is None else clean_X
+        with torch.no_grad():
+            gate = cross_correlation(clean_X, mask * X, crosscortype) >= float(crosscor_th)
+        guide = guidance_loss(mask_logits, X, clean_X, guidelosstype, float(bin_th))  # (B,)
+        loss = loss + float(g_w) * (guide * gate).mean()
+    else:
+        gate = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
+    keep = (~gate).float()  # (B,) clips regularised
+    if regularizer == "published":
+        reg = float(reg_w_l1) * mask.abs().mean()
+        if float(reg_w_tv) != 0.0:
+            reg = reg + float(reg_w_tv) * published_tv_loss(mask)
+        return loss + reg * keep.sum(), gate
+    reg = float(reg_w_l1) * mask.abs().mean(dim=(1, 2))  # (B,)
+    if float(reg_w_tv) != 0.0:
+        reg = reg + float(reg_w_tv) * total_variation(mask)
+    return loss + (reg * keep).mean(), gate
+
+
 # --------------------------------------------------------------------------------------------
 # The Brain
 # --------------------------------------------------------------------------------------------
@@ -280,6 +418,8 @@ class LMAC(InterpreterBrain):
         "crosscortype",
         "guidelosstype",
         "bin_th",
+        "regularizer",
+        "guidance_reference",
         "lr_annealing",
         "ckpt_key",
         "ckpt_mode",
@@ -304,6 +444,16 @@ class LMAC(InterpreterBrain):
             raise ValueError(
                 f"unknown guidelosstype {self.hparams.guidelosstype!r}; pass --guidelosstype binary or "
                 "--guidelosstype l2"
+            )
+        if self.hparams.regularizer not in REGULARIZERS:
+            raise ValueError(
+                f"unknown regularizer {self.hparams.regularizer!r}; pass --regularizer published "
+                "(the published batch-summed L1/TV) or --regularizer per_sample"
+            )
+        if self.hparams.guidance_reference not in GUIDANCE_REFERENCES:
+            raise ValueError(
+                f"unknown guidance_reference {self.hparams.guidance_reference!r}; pass "
+                "--guidance_reference clean (published) or --guidance_reference mixture_scaled"
             )
         if self.hparams.ckpt_mode not in CKPT_MODES:
             raise ValueError(f"ckpt_mode must be 'min' or 'max', got {self.hparams.ckpt_mode!r}")
@@ -400,30 +550,48 @@ class LMAC(InterpreterBrain):
         with torch.no_grad():
             return self.crosscor(clean_X, X_int) >= float(self.hparams.crosscor_th)
 
+    def clean_reference(self, out: Interpretation) -> torch.Tensor:
+        """(B, frames, bins) clean spectrogram the fine-tuning gate and guidance compare with.
+
+        Without noise it is the input itself. With WHAM! noise it is, as published, the clean
+        clip as loaded (``guidance_reference: clean``), or the clean clip scaled as it is in
+        the mixture (``mixture_scaled``).
+        """
+        if "clean_X" in out.extras:
+            return out.extras["clean_X"]
+        if "clean_wavs" not in out.extras:
+            return out.X  # no noise mixed in: X is the clean input
+        wavs = out.extras["clean_wavs"]
+        if self.hparams.guidance_reference == "mixture_scaled":
+            wavs = wavs * out.extras["clean_gain"][:, None]
+        return self.preprocess(wavs).X
+
     def interpreter_loss(self, out: Interpretation, batch, stage: sb.Stage) -> torch.Tensor:
-        """The L-MAC objective of the batch (see the module docstring)."""
-        target = out.logits.argmax(dim=-1)  # (B,) the classifier's decision
-        l_in = F.cross_entropy(out.logits_in.float(), target)
-        l_out = F.cross_entropy(out.logits_out.float(), target)
-        loss = float(self.hparams.l_in_w) * l_in - float(self.hparams.l_out_w) * l_out
-        mask = out.mask.float()
-        reg = float(self.hparams.reg_w_l1) * mask.abs().mean(dim=(1, 2))  # (B,)
-        if float(self.hparams.reg_w_tv) != 0.0:
-            reg = reg + float(self.hparams.reg_w_tv) * total_variation(mask)
-        if not self.hparams.finetuning:
-            return loss + reg.mean()
-        clean_X = out.extras.get("clean_X", out.X)  # no noise mixed in: X is the clean input
-        gate = self.guidance_gate(clean_X, out.X_int)  # (B,)
-        guide = float(self.hparams.g_w) * guidance_loss(
+        """The L-MAC objective of the batch (:func:`lmac_loss`, see the module docstring)."""
+        finetuning = bool(self.hparams.finetuning)
+        loss, gate = lmac_loss(
+            out.logits,
+            out.logits_in,
+            out.logits_out,
             out.extras["mask_logits"],
             out.X,
-            clean_X,
-            self.hparams.guidelosstype,
-            float(self.hparams.bin_th),
+            self.clean_reference(out) if finetuning else None,
+            l_in_w=self.hparams.l_in_w,
+            l_out_w=self.hparams.l_out_w,
+            reg_w_l1=self.hparams.reg_w_l1,
+            reg_w_tv=self.hparams.reg_w_tv,
+            finetuning=finetuning,
+            g_w=self.hparams.g_w,
+            crosscor_th=self.hparams.crosscor_th,
+            crosscortype=self.hparams.crosscortype,
+            guidelosstype=self.hparams.guidelosstype,
+            bin_th=self.hparams.bin_th,
+            regularizer=self.hparams.regularizer,
         )
-        self._gate_passed += gate.sum().detach()
-        self._gate_total += gate.numel()
-        return loss + torch.where(gate, guide, reg).mean()
+        if finetuning:
+            self._gate_passed += gate.sum().detach()
+            self._gate_total += gate.numel()
+        return loss
 
     # ------------------------------------------------------------------ stage hooks
     def _reset_gate_counts(self) -> None:
