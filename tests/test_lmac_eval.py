@@ -1,4 +1,5 @@
-"""L-MAC evaluation: in-domain and out-of-domain settings, single-file inference, OOD mixing."""
+"""L-MAC evaluation (eval.py): both protocols end to end, their folds and multipliers, errors,
+single-file inference. The contamination formulas are tested in tests/test_ood.py."""
 
 import importlib.util
 import json
@@ -10,12 +11,11 @@ import soundfile as sf
 import torch
 
 from audio_interpretability.checkpoints import export_classifier
-from audio_interpretability.data.esc50 import peak_normalize
 from audio_interpretability.data.ood import (
+    ContaminatedDataset,
+    LJSpeechClips,
     OverlapDataset,
-    SpeechClips,
     generate_speech_like,
-    overlap,
 )
 from audio_interpretability.models.cnn14 import Cnn14
 from audio_interpretability.models.decoders import CNN14Decoder
@@ -23,7 +23,7 @@ from audio_interpretability.models.heads import LinearHead
 
 ROOT = Path(__file__).resolve().parents[1]
 YAML = ROOT / "hparams" / "lmac_cnn14.yaml"
-SETTINGS = ("clean", "wham", "mixtures", "white_noise", "speech")
+OURS_SETTINGS = ("clean", "wham", "mixtures", "LJSpeech", "white_noise")
 
 
 def load_eval():
@@ -68,9 +68,31 @@ def eval_args(out, checkpoints, device, **overrides) -> list[str]:
     ]
 
 
-def test_every_setting_writes_metrics(tmp_path, tiny_esc50, tiny_wham, checkpoints, device):
-    speech = tmp_path / "speech"
-    generate_speech_like(str(speech), n_files=2, duration=1.5, sample_rate=22050)
+@pytest.fixture(scope="module")
+def ljspeech(tmp_path_factory) -> str:
+    """Speech-like files in the LJSpeech-1.1 layout (metadata.csv + wavs/, 22.05 kHz)."""
+    folder = tmp_path_factory.mktemp("lj") / "LJSpeech-1.1"
+    generate_speech_like(str(folder), n_files=3, duration=1.5, ljspeech_layout=True)
+    return str(folder)
+
+
+def read_metrics(out, setting) -> dict:
+    with open(out / setting / "test_metrics.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize(
+    "setting, options",
+    [
+        ("mixtures", {"overlap_type": "mixtures"}),
+        ("LJSpeech", {"overlap_type": "LJSpeech"}),
+        ("white_noise", {"overlap_type": "white_noise"}),
+        ("wham", {"add_wham_noise": True}),
+    ],
+)
+def test_published_protocol_end_to_end(
+    tmp_path, tiny_esc50, tiny_wham, ljspeech, checkpoints, device, setting, options
+):
     out = tmp_path / "eval"
     results = load_eval().main(
         eval_args(
@@ -79,23 +101,99 @@ def test_every_setting_writes_metrics(tmp_path, tiny_esc50, tiny_wham, checkpoin
             device,
             data_folder=tiny_esc50,
             wham_folder=tiny_wham,
-            overlap_type="all",
-            speech_folder=speech,
+            ljspeech_path=Path(ljspeech).parent,  # the published ljspeech_path: the parent
+            **options,
         )
     )
-    assert sorted(results) == sorted(SETTINGS)
-    for setting in SETTINGS:
-        with open(out / setting / "test_metrics.json", encoding="utf-8") as f:
-            metrics = json.load(f)
+    assert list(results) == [setting]  # one setting per call, as published
+    metrics = read_metrics(out, setting)
+    # The validation fold (10 clips), in 2 contaminated versions per clip out of domain.
+    assert metrics == results[setting]
+    assert metrics["n_samples"] == (10.0 if setting == "wham" else 20.0)
+    assert {"AI", "AD", "AG", "FF", "fid_in", "SPS", "COMP", "loc_iou"} <= set(metrics)
+    (saved,) = (out / setting / "interpretations").iterdir()
+    assert saved.name.startswith("4-")  # fold 4: the validation fold
+    assert ("_ov0_" in saved.name) == (setting != "wham")
+
+
+def test_ours_protocol_every_setting(
+    tmp_path, tiny_esc50, tiny_wham, ljspeech, checkpoints, device
+):
+    out = tmp_path / "eval"
+    results = load_eval().main(
+        eval_args(
+            out,
+            checkpoints,
+            device,
+            data_folder=tiny_esc50,
+            wham_folder=tiny_wham,
+            eval_protocol="ours",
+            overlap_type="all",
+            ljspeech_path=ljspeech,
+        )
+    )
+    assert sorted(results) == sorted(OURS_SETTINGS)
+    for setting in OURS_SETTINGS:
+        metrics = read_metrics(out, setting)
         assert metrics == results[setting] and metrics["n_samples"] == 10.0
-        assert {"AI", "AD", "AG", "FF", "fid_in", "SPS", "COMP", "loc_iou"} <= set(metrics)
         assert {"random_AI", "random_FF", "random_loc_iou"} <= set(metrics)
-        assert len(list((out / setting / "interpretations").iterdir())) == 1
+        (saved,) = (out / setting / "interpretations").iterdir()
+        assert saved.name.startswith("5-") and "_ov" not in saved.name  # the test fold
     with open(out / "eval_metrics.json", encoding="utf-8") as f:
         assert json.load(f) == results
     # Each setting feeds the interpreter other inputs.
-    energies = {results[s]["loc_energy_in"] for s in SETTINGS}
-    assert len(energies) == len(SETTINGS)
+    energies = {results[s]["loc_energy_in"] for s in OURS_SETTINGS}
+    assert len(energies) == len(OURS_SETTINGS)
+
+
+class Clips(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"id": f"c{i}", "sig": torch.ones(50) * (i + 1)}
+
+
+def test_evaluation_runs_folds_and_multiplier(ljspeech):
+    runs_of = load_eval().evaluation_runs
+    datasets = {"valid": Clips(3), "test": Clips(4)}
+    hparams = {
+        "eval_protocol": "published",
+        "overlap_type": "all",
+        "overlap_multiplier": 2,
+        "add_wham_noise": True,
+        "wham_folder": "W",
+        "seed": 0,
+    }
+    speech = LJSpeechClips(ljspeech)
+    runs = runs_of(hparams, datasets, speech)
+    assert [(name, noisy) for name, _, noisy in runs] == [
+        ("wham", True),
+        ("mixtures", False),
+        ("LJSpeech", False),
+        ("white_noise", False),
+    ]
+    assert runs[0][1] is datasets["valid"]
+    for _, dataset, _ in runs[1:]:
+        assert isinstance(dataset, ContaminatedDataset) and dataset.dataset is datasets["valid"]
+        assert dataset.multiplier == 2 and len(dataset) == 6
+    assert runs[1][1].contamination is datasets["test"] and runs[2][1].contamination is speech
+    # Nothing asked: the validation fold as it is.
+    quiet = dict(hparams, overlap_type="none", add_wham_noise=False)
+    assert runs_of(quiet, datasets, None) == [("clean", datasets["valid"], False)]
+
+    ours = runs_of(dict(hparams, eval_protocol="ours", overlap_type="speech"), datasets, speech)
+    assert [(name, noisy) for name, _, noisy in ours] == [
+        ("clean", False),
+        ("wham", True),
+        ("LJSpeech", False),
+    ]
+    assert ours[0][1] is datasets["test"] and ours[1][1] is datasets["test"]
+    assert isinstance(ours[2][1], OverlapDataset) and ours[2][1].dataset is datasets["test"]
+    assert len(ours[2][1]) == 4  # one version per clip
 
 
 def test_single_sample_stereo_44k(tmp_path, checkpoints, device, capsys):
@@ -118,98 +216,36 @@ def test_single_sample_stereo_44k(tmp_path, checkpoints, device, capsys):
     assert 0 <= result["predicted_index"] < 5 and 0 < result["probability"] <= 1
 
 
-def test_eval_errors(tmp_path, tiny_esc50, checkpoints, device):
-    main = load_eval().main
+def test_eval_errors(tmp_path, tiny_esc50, checkpoints, device, monkeypatch):
+    module = load_eval()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the data or the brain were built before the error")
+
+    monkeypatch.setattr(module, "prepare_datasets", no_work)
+    monkeypatch.setattr(module, "LMAC", no_work)
+    main = module.main
     with pytest.raises(ValueError, match="unknown overlap_type"):
         main(eval_args(tmp_path / "a", checkpoints, device, overlap_type="reverb"))
-    with pytest.raises(FileNotFoundError, match="--speech_folder"):
-        main(
-            eval_args(
-                tmp_path / "b", checkpoints, device, data_folder=tiny_esc50, overlap_type="speech"
+    with pytest.raises(ValueError, match="unknown eval_protocol"):
+        main(eval_args(tmp_path / "a", checkpoints, device, eval_protocol="paper"))
+    # LJSpeech missing or empty: an error naming --ljspeech_path, before any work.
+    empty = tmp_path / "empty_lj"
+    (empty / "wavs").mkdir(parents=True)
+    for protocol, path in (("published", "null"), ("published", tmp_path / "no"), ("ours", empty)):
+        with pytest.raises(FileNotFoundError, match="--ljspeech_path"):
+            main(
+                eval_args(
+                    tmp_path / "b",
+                    checkpoints,
+                    device,
+                    data_folder=tiny_esc50,
+                    overlap_type="speech",
+                    eval_protocol=protocol,
+                    ljspeech_path=path,
+                )
             )
-        )
     args = eval_args(tmp_path / "c", checkpoints, device)
     i = args.index("--pretrained_interpreter")
     with pytest.raises(ValueError, match="--pretrained_interpreter"):
         main(args[:i] + args[i + 2 :])
-
-
-# --------------------------------------------------------------------------------------------
-# Mixing formulas on hand-made signals
-# --------------------------------------------------------------------------------------------
-def test_overlap_formula_hand_computed():
-    s = torch.tensor([0.0, 2.0, -1.0, 0.5])
-    n = torch.tensor([4.0, 0.0, -4.0, 2.0])
-    mix, gain, n_part = overlap(s, n, 0.8, 0.2, return_parts=True)
-    raw = torch.tensor([0.2, 0.8, -0.6, 0.3])  # 0.8 * s / 2 + 0.2 * n / 4
-    assert torch.allclose(mix, raw / 0.8)
-    assert torch.allclose(mix, gain * s + n_part)
-    # A silent interfering signal adds nothing; a silent clip leaves only the interference.
-    assert torch.allclose(overlap(s, torch.zeros(4), 0.8, 0.2), s / 2)
-    assert torch.allclose(overlap(torch.zeros(4), n, 1.0, 0.5), n / 4)
-    with pytest.raises(ValueError, match="fit_length"):
-        overlap(s, n[:3], 0.8, 0.2)
-
-
-class Toy(torch.utils.data.Dataset):
-    """Three clips with stems (event + background = sig), classes a, a, b."""
-
-    def __init__(self):
-        gen = torch.Generator().manual_seed(0)
-        self.items = []
-        for i, label in enumerate(("a", "a", "b")):
-            event = torch.randn(200, generator=gen) * (i + 1)
-            background = 0.1 * torch.randn(200, generator=gen)
-            self.items.append(
-                {
-                    "id": str(i),
-                    "sig": event + background,
-                    "event_sig": event,
-                    "background_sig": background,
-                    "class_string": label,
-                }
-            )
-        self.data_ids = [it["id"] for it in self.items]
-        self.data = {it["id"]: {"class_string": it["class_string"]} for it in self.items}
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return dict(self.items[i])
-
-
-def test_white_noise_and_mixtures_follow_the_formulas():
-    toy = Toy()
-    noisy = OverlapDataset(toy, "white_noise", 16000, seed=3)
-    item = noisy[1]
-    s = toy[1]["sig"]
-    n = torch.randn(200, generator=torch.Generator().manual_seed(3 * 1_000_003 + 1))
-    expected = peak_normalize(s / s.abs().max() + 0.5 * n / n.abs().max())
-    assert torch.allclose(item["sig"], expected, atol=1e-6)
-    assert torch.allclose(item["event_sig"] + item["background_sig"], item["sig"], atol=1e-5)
-    assert torch.equal(noisy[1]["sig"], item["sig"])  # deterministic per index
-
-    mixed = OverlapDataset(toy, "mixtures", 16000, seed=0)
-    item = mixed[0]
-    other = toy[2]["sig"]  # the only clip of another class
-    s = toy[0]["sig"]
-    expected = peak_normalize(0.8 * s / s.abs().max() + 0.2 * other / other.abs().max())
-    assert torch.allclose(item["sig"], expected, atol=1e-6)
-    assert torch.allclose(item["event_sig"] + item["background_sig"], item["sig"], atol=1e-5)
-
-
-def test_speech_clips_any_format_and_errors(tmp_path):
-    folder = tmp_path / "speech"
-    folder.mkdir()
-    with pytest.raises(FileNotFoundError, match="no .wav or .flac"):
-        SpeechClips(str(folder), 16000)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        SpeechClips(str(tmp_path / "missing"), 16000)
-    t = np.arange(8000) / 8000
-    sf.write(folder / "stereo_8k.wav", np.stack((np.sin(2 * np.pi * 200 * t),) * 2, axis=1), 8000)
-    clips = SpeechClips(str(folder), 16000)
-    crop = clips.crop(12000, torch.Generator().manual_seed(0))  # 1 s file -> 16000 samples
-    assert crop.shape == (12000,) and float(crop.abs().max()) > 0.5
-    padded = clips.crop(20000, torch.Generator().manual_seed(0))
-    assert padded.shape == (20000,) and float(padded[16000:].abs().max()) == 0.0

@@ -3,32 +3,52 @@
 
 To run::
 
-    # in-domain: the test fold clean, and mixed with WHAM! noise when --wham_folder is given
+    # the published protocol (default, eval_protocol: published): one OOD setting on the
+    # validation fold, each clip contaminated overlap_multiplier (2) times ...
     python recipes/ESC50/interpret/eval.py hparams/lmac_cnn14.yaml --data_folder D \
         --pretrained_interpreter results/LMAC_cnn14/1234/save/psi_model.ckpt \
-        --output_folder results/LMAC_cnn14_eval [--wham_folder W]
-    # plus an out-of-domain setting (all = the three of them):
-    ... --overlap_type mixtures|white_noise|speech|all [--speech_folder LJSpeech-1.1/wavs]
+        --output_folder results/LMAC_cnn14_eval \
+        --overlap_type mixtures|LJSpeech|white_noise|all [--ljspeech_path LJSpeech-1.1]
+    # ... or in-domain: the validation fold with WHAM! noise
+    ... --add_wham_noise True --wham_folder W
+    # our former protocol: the test fold clean, with WHAM! (when --wham_folder is given) and
+    # with each asked OOD type, one version per clip
+    ... --eval_protocol ours [--wham_folder W] [--overlap_type all --ljspeech_path L]
     # one file (any sample rate / channels): interpretation WAV + PNG, predicted class
     ... --single_sample clip.wav --single_sample_output out/clip_interpretation.wav
 
 Settings and outputs (``<output_folder>/<setting>/test_metrics.json`` each, interpretations
 saved under ``<setting>/interpretations`` when ``save_interpretations``):
 
-* ``clean``: the test fold as it is;
-* ``wham``: the test fold mixed with WHAM! noise (``wham_test_split``, ``wham_snr_db``);
-* ``mixtures`` / ``white_noise`` / ``speech``: the test fold overlapped with another test clip,
-  white noise, or speech (see :mod:`audio_interpretability.data.ood`).
+=========================  ===============================  ================================
+setting                    ``eval_protocol: published``     ``eval_protocol: ours``
+=========================  ===============================  ================================
+``clean``                  validation fold, only when no    test fold, always
+                           other setting is asked
+``wham``                   validation fold + WHAM!, when    test fold + WHAM!, when
+                           ``--add_wham_noise True``        ``--wham_folder`` is given
+``mixtures`` /             validation fold, each clip in    test fold, each clip once
+``LJSpeech`` /             ``overlap_multiplier`` versions  (ids unchanged), peak-normalised
+``white_noise``            (ids ``<clip>_ov<k>``), L2-      mixing (see
+                           normalised mixing                :class:`~audio_interpretability.data.ood.OverlapDataset`)
+                           (:class:`~audio_interpretability.data.ood.ContaminatedDataset`)
+=========================  ===============================  ================================
 
-``<output_folder>/eval_metrics.json`` gathers every setting's metrics. The classifier and the
-decoder are built from the YAML (same overrides as for training) and loaded from
-``embedding_model_path`` / ``classifier_model_path`` and ``pretrained_interpreter``.
+WHAM! noise is mixed in the forward pass at ``wham_snr_db`` (0 dB) from split
+``wham_test_split``. ``overlap_type`` takes the published names (``speech`` is an alias of
+``LJSpeech``; ``all`` = every type; ``none`` = in-domain only). LJSpeech is never downloaded:
+``--ljspeech_path`` must hold ``LJSpeech-1.1`` (checked before any work).
+``<output_folder>/eval_metrics.json`` gathers every setting's metrics; the protocol is recorded
+in ``<output_folder>/hyperparams.yaml``. The classifier and the decoder are built from the
+YAML (same overrides as for training) and loaded from ``embedding_model_path`` /
+``classifier_model_path`` and ``pretrained_interpreter``.
 
 Authors
 * audio_interpretability contributors
 """
 
 import json
+import logging
 import os
 
 from audio_interpretability.brains.lmac import (
@@ -36,19 +56,60 @@ from audio_interpretability.brains.lmac import (
     evaluate_setting,
     interpret_single_sample,
 )
-from audio_interpretability.data.ood import OVERLAP_TYPES, OverlapDataset, check_overlap_type
+from audio_interpretability.data.ood import (
+    ContaminatedDataset,
+    LJSpeechClips,
+    OverlapDataset,
+    check_eval_protocol,
+    overlap_types,
+)
 from audio_interpretability.recipe_utils import load_recipe, prepare_datasets
 
-__all__ = ["LMAC", "main"]
+__all__ = ["LMAC", "evaluation_runs", "main"]
+
+logger = logging.getLogger(__name__)
 
 
-def ood_settings(overlap_type: str) -> list[str]:
-    """The out-of-domain settings asked for by ``overlap_type`` (none, one type, or all)."""
-    if overlap_type in (None, "none", "None"):
-        return []
-    if overlap_type == "all":
-        return list(OVERLAP_TYPES)
-    return [check_overlap_type(overlap_type)]
+def evaluation_runs(hparams: dict, datasets: dict, speech: LJSpeechClips | None) -> list:
+    """The ``(setting, dataset, add_wham_noise)`` triples ``eval_protocol`` asks for.
+
+    Arguments
+    ---------
+    hparams : dict
+        Reads ``eval_protocol``, ``overlap_type``, ``overlap_multiplier`` (published),
+        ``add_wham_noise`` (published), ``wham_folder`` (ours) and ``seed``.
+    datasets : dict
+        ``{"valid": ..., "test": ...}`` from :func:`prepare_datasets`.
+    speech : LJSpeechClips or None
+        The LJSpeech files, when ``overlap_type`` asks for LJSpeech.
+    """
+    types = overlap_types(hparams["overlap_type"])
+    seed = hparams["seed"]
+    if check_eval_protocol(hparams["eval_protocol"]) == "ours":
+        test_set = datasets["test"]
+        runs = [("clean", test_set, False)]
+        if hparams["wham_folder"]:
+            runs.append(("wham", test_set, True))
+        for overlap_type in types:
+            ood_set = OverlapDataset(test_set, overlap_type, seed=seed, speech=speech)
+            runs.append((overlap_type, ood_set, False))
+        return runs
+
+    valid_set = datasets["valid"]
+    runs = []
+    if hparams["add_wham_noise"]:
+        runs.append(("wham", valid_set, True))
+    pools = {"mixtures": datasets["test"], "LJSpeech": speech, "white_noise": None}
+    for overlap_type in types:
+        ood_set = ContaminatedDataset(
+            valid_set,
+            overlap_type,
+            contamination=pools[overlap_type],
+            multiplier=hparams["overlap_multiplier"],
+            seed=seed,
+        )
+        runs.append((overlap_type, ood_set, False))
+    return runs or [("clean", valid_set, False)]
 
 
 def _label_encoder(hparams: dict):
@@ -81,7 +142,9 @@ def main(argv=None) -> dict:
             "eval.py needs --pretrained_interpreter <save_folder>/psi_model.ckpt (written by "
             "train_lmac.py)"
         )
-    settings = ood_settings(hparams["overlap_type"])  # fail early on a bad overlap_type
+    # Fail early (before any data or model work) on a bad protocol, type or LJSpeech folder.
+    protocol = check_eval_protocol(hparams["eval_protocol"])
+    types = overlap_types(hparams["overlap_type"])
 
     if hparams["single_sample"]:
         brain = LMAC(
@@ -100,26 +163,18 @@ def main(argv=None) -> dict:
         )
         return result._asdict()
 
+    speech = None
+    if "LJSpeech" in types:
+        speech = LJSpeechClips(hparams["ljspeech_path"], sample_rate=hparams["sample_rate"])
     datasets = prepare_datasets(hparams)
+    runs = evaluation_runs(hparams, datasets, speech)
+    logger.info("Evaluation protocol %s: settings %s", protocol, [name for name, _, _ in runs])
     brain = LMAC(
         modules=hparams["modules"],
         hparams=hparams,
         run_opts=run_opts,
         label_encoder=datasets["label_encoder"],
     )
-    test_set = datasets["test"]
-    runs = [("clean", test_set, False)]
-    if hparams["wham_folder"]:
-        runs.append(("wham", test_set, True))
-    for overlap_type in settings:
-        ood_set = OverlapDataset(
-            test_set,
-            overlap_type,
-            sample_rate=hparams["sample_rate"],
-            seed=hparams["seed"],
-            speech_folder=hparams["speech_folder"],
-        )
-        runs.append((overlap_type, ood_set, False))
 
     results = {}
     for name, dataset, noisy in runs:
