@@ -16,9 +16,11 @@ CLF=$OUT/pretrained/cnn14
 python recipes/ESC50/prepare_synthetic.py --output_folder "$DATA" --n_classes 10 \
     --clips_per_class_per_fold 8 --duration 2 --sample_rate 44100 --seed 0 --wham_folder "$WHAM"
 
-# speech-like clips for the "speech" out-of-domain setting (the paper used LJSpeech)
+# speech-like clips in the LJSpeech-1.1 layout (metadata.csv + wavs/) for the LJSpeech
+# out-of-domain setting (the paper used LJSpeech itself)
 python -c "import sys; from audio_interpretability.data.ood import generate_speech_like; \
-generate_speech_like(sys.argv[1], n_files=8, duration=3.0, sample_rate=22050)" "$OUT/speech_like"
+generate_speech_like(sys.argv[1], n_files=8, duration=3.0, sample_rate=22050, ljspeech_layout=True)" \
+    "$OUT/LJSpeech-1.1"
 
 python recipes/ESC50/classification/train.py hparams/classifier_cnn14.yaml --data_folder "$DATA" \
     --out_n_neurons 10 --output_folder "$OUT/classifier_cnn14" --pretrained_folder "$CLF" \
@@ -29,11 +31,13 @@ python recipes/ESC50/interpret/train_lmac.py hparams/lmac_cnn14.yaml --data_fold
     --cache_folder "$OUT/audio_cache" --add_wham_noise True --wham_folder "$WHAM" \
     --number_of_epochs 8 --batch_size 8 "$@"
 
+# the published evaluation protocol (eval_protocol: published): the validation fold with WHAM!
+# noise (in-domain), and each of its clips in 2 versions per out-of-domain type
 python recipes/ESC50/interpret/eval.py hparams/lmac_cnn14.yaml --data_folder "$DATA" \
     --out_n_neurons 10 --pretrained_classifier_folder "$CLF" --output_folder "$OUT/lmac_eval" \
-    --cache_folder "$OUT/audio_cache" --wham_folder "$WHAM" \
+    --cache_folder "$OUT/audio_cache" --add_wham_noise True --wham_folder "$WHAM" \
     --pretrained_interpreter "$OUT/lmac/save/psi_model.ckpt" --overlap_type all \
-    --speech_folder "$OUT/speech_like"
+    --ljspeech_path "$OUT/LJSpeech-1.1"
 
 # one file, any sample rate / channel count: interpretation WAV + PNG
 python recipes/ESC50/interpret/eval.py hparams/lmac_cnn14.yaml --data_folder "$DATA" \
@@ -42,5 +46,5 @@ python recipes/ESC50/interpret/eval.py hparams/lmac_cnn14.yaml --data_folder "$D
     --single_sample "$(ls "$DATA"/audio/5-*.wav | head -n 1)"
 
 echo "Done: metrics in $OUT/lmac/test_metrics.json (WHAM! 0 dB), $OUT/lmac/clean/test_metrics.json"
-echo "and $OUT/lmac_eval/{clean,wham,mixtures,white_noise,speech}/test_metrics.json;"
+echo "and $OUT/lmac_eval/{wham,mixtures,LJSpeech,white_noise}/test_metrics.json (validation fold);"
 echo "listenable interpretations in $OUT/lmac/interpretations/ and $OUT/lmac_eval/*/interpretations/"
