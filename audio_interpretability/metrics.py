@@ -44,6 +44,7 @@ MASK_EPS = 1e-7
 
 __all__ = [
     "MASK_EPS",
+    "MaskDependence",
     "MetricAccumulator",
     "accuracy",
     "average_drop",
@@ -55,8 +56,10 @@ __all__ = [
     "input_fidelity",
     "localization_metrics",
     "masked_in_drop",
+    "profile_correlation",
     "random_mask_like",
     "sparseness",
+    "swap_partners",
 ]
 
 
@@ -487,6 +490,130 @@ def random_mask_like(mask: torch.Tensor, generator: torch.Generator | None = Non
     return flat.gather(1, perm).reshape(mask.shape)
 
 
+def swap_partners(pred: torch.Tensor, pool_pred: torch.Tensor) -> torch.Tensor:
+    """For each clip, the index of another clip's mask with another predicted class.
+
+    The swapped-mask baseline scores clip ``i`` with the mask of a clip ``j`` the classifier
+    assigned to another class: an interpreter whose masks do not depend on the clip scores
+    about as well with it as with its own mask. The pool holds the batch first (``pool_pred[:B]
+    == pred``), then masks kept from earlier batches, most recent first. Clip ``i`` takes the
+    first batch clip after it (cyclically) of another class, else the first earlier mask of
+    another class, else none (-1). Deterministic: no random draw.
+
+    Arguments
+    ---------
+    pred : torch.Tensor
+        (B,) predicted classes of the batch.
+    pool_pred : torch.Tensor
+        (P,) predicted classes of the pool, P >= B, starting with ``pred``.
+
+    Returns
+    -------
+    torch.Tensor
+        (B,) long indices into the pool, -1 where no clip of another class exists.
+
+    Example
+    -------
+    >>> swap_partners(torch.tensor([0, 0, 1]), torch.tensor([0, 0, 1, 2]))
+    tensor([2, 2, 0])
+    >>> swap_partners(torch.tensor([3, 3]), torch.tensor([3, 3]))
+    tensor([-1, -1])
+    """
+    if pred.dim() != 1 or pool_pred.dim() != 1 or pool_pred.shape[0] < pred.shape[0]:
+        raise ValueError(
+            f"swap_partners expects pred (B,) and pool_pred (P >= B,), got "
+            f"{tuple(pred.shape)} and {tuple(pool_pred.shape)}"
+        )
+    b = pred.shape[0]
+    batch = pred.tolist()
+    earlier = pool_pred[b:].tolist()
+    out = []
+    for i, c in enumerate(batch):
+        order = [(i + k) % b for k in range(1, b)] + [b + k for k in range(len(earlier))]
+        pool = batch + earlier
+        out.append(next((j for j in order if pool[j] != c), -1))
+    return torch.tensor(out, dtype=torch.long, device=pred.device)
+
+
+class MaskDependence:
+    """How much of the masks' variance lies between clips (``mask_input_dependence``).
+
+    Over N masks ``m_i`` (bins flattened) with mean mask ``mu`` and grand mean ``mbar``::
+
+        mask_input_dependence = sum_i ||m_i - mu||^2 / sum_i ||m_i - mbar||^2
+
+    the share of the total variance that is not one fixed pattern shared by every clip: 0 for
+    a constant mask or one mask repeated for every clip, 1 when the mean mask is flat. A
+    collapsed interpreter (one frequency pattern for every input) scores near 0. Streaming
+    (sums only); masks of another size than the first one are resized to it (area
+    interpolation). Under ``torch.distributed`` the sums are all-reduced in :meth:`summarize`.
+
+    Example
+    -------
+    >>> dep = MaskDependence()
+    >>> dep.update(torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]]))  # two opposite masks
+    >>> dep.summarize()
+    1.0
+    >>> dep = MaskDependence()
+    >>> dep.update(torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]]))  # the same mask twice
+    >>> dep.summarize()
+    0.0
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every mask."""
+        self.shape = None
+        self.sum = None  # (frames, bins) sum of the masks
+        self.sum_sq = 0.0  # sum of squared values, a 0-d float64 tensor after the first update
+        self.count = 0
+
+    def update(self, mask: torch.Tensor) -> None:
+        """Add a batch of (B, frames, bins) masks."""
+        if mask.dim() != 3 or mask.shape[0] == 0:
+            raise ValueError(
+                f"MaskDependence expects (B, frames, bins) masks, got {tuple(mask.shape)}"
+            )
+        m = mask.detach().double()
+        if self.shape is None:
+            self.shape = tuple(m.shape[1:])
+            self.sum = torch.zeros(self.shape, dtype=torch.float64, device=m.device)
+        elif tuple(m.shape[1:]) != self.shape:
+            m = torch.nn.functional.interpolate(m.unsqueeze(1), size=self.shape, mode="area")[:, 0]
+        self.sum = self.sum + m.sum(dim=0)
+        self.sum_sq = self.sum_sq + m.pow(2).sum()
+        self.count += m.shape[0]
+
+    def summarize(self) -> float:
+        """The between-clip share of variance in [0, 1] (0 when there is no variance at all)."""
+        if self.count == 0:
+            raise ValueError("MaskDependence.summarize() before any update(); add masks first")
+        total, sum_sq, count = (
+            self.sum,
+            torch.as_tensor(self.sum_sq, dtype=torch.float64),
+            self.count,
+        )
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            packed = torch.cat(
+                (
+                    total.flatten(),
+                    sum_sq.reshape(1).to(total.device),
+                    torch.tensor([float(count)], dtype=torch.float64, device=total.device),
+                )
+            )
+            dist.all_reduce(packed)
+            total, sum_sq, count = packed[:-2].view(self.shape), packed[-2], int(packed[-1])
+        sum_sq = sum_sq.to(total.device)
+        n_bins = total.numel()
+        between = sum_sq - total.pow(2).sum() / count  # sum_i ||m_i - mu||^2
+        overall = sum_sq - total.sum().pow(2) / (count * n_bins)  # sum_i ||m_i - mbar||^2
+        if float(overall) <= 1e-12 * max(float(sum_sq), 1.0):
+            return 0.0
+        return float((between / overall).clamp(0.0, 1.0))
+
+
 # --------------------------------------------------------------------------------------------
 # Everything at once from the three classifier passes
 # --------------------------------------------------------------------------------------------
@@ -647,6 +774,55 @@ def localization_metrics(
         "loc_recall": _ratio(tp, n_truth, both_empty),
         "loc_iou": _ratio(tp, union, both_empty),
         "loc_energy_in": _ratio(e_in, e_total, (e_total == 0) & truth_empty),
+    }
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise Pearson correlation of (B, N) tensors; 0 where either row is constant."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    den = (a.pow(2).sum(dim=1) * b.pow(2).sum(dim=1)).sqrt()
+    num = (a * b).sum(dim=1)
+    return torch.where(den > 1e-12, num / den.clamp_min(1e-12), torch.zeros_like(num))
+
+
+def profile_correlation(mask: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Does the mask follow the event in time and in frequency? (per sample)
+
+    ``loc_time_corr`` is the Pearson correlation, over frames, of the mask's time profile
+    (its mean over bins) with the ground truth's (the share of event bins in each frame);
+    ``loc_freq_corr`` the same over bins. 1: the mask rises and falls with the event; 0: no
+    relation, or a constant profile (a mask that is the same in every frame scores 0 in time).
+
+    Arguments
+    ---------
+    mask : torch.Tensor
+        (B, frames, bins) mask.
+    truth : torch.Tensor
+        (B, frames, bins) 0/1 ground-truth event bins.
+
+    Returns
+    -------
+    dict[str, torch.Tensor]
+        ``"loc_time_corr"`` and ``"loc_freq_corr"``, float32 (B,) in [-1, 1].
+
+    Example
+    -------
+    >>> truth = torch.tensor([[[0.0, 1.0], [0.0, 0.0], [0.0, 1.0]]])
+    >>> out = profile_correlation(truth * 0.8, truth)
+    >>> round(out["loc_time_corr"].item(), 4), round(out["loc_freq_corr"].item(), 4)
+    (1.0, 1.0)
+    >>> profile_correlation(torch.ones(1, 3, 2), truth)["loc_time_corr"]
+    tensor([0.])
+    """
+    _check_same_shape("mask", mask, "truth", truth)
+    if mask.dim() != 3:
+        raise ValueError(f"profile_correlation expects (B, frames, bins), got {tuple(mask.shape)}")
+    m = mask.detach().float()
+    g = (truth.detach().float() > 0.5).float()
+    return {
+        "loc_time_corr": _pearson(m.mean(dim=2), g.mean(dim=2)),
+        "loc_freq_corr": _pearson(m.mean(dim=1), g.mean(dim=1)),
     }
 
 

@@ -39,6 +39,20 @@ class TruthInterpreter(InterpreterBrain):
         return super().compute_forward(batch, stage)
 
 
+class BandTruthInterpreter(TruthInterpreter):
+    """The truth mask, explaining a "classifier" that scores the energy of 5 frequency bands
+    (so that clips of the tiny set get different decisions, unlike a random CNN14's)."""
+
+    def classifier_forward(self, X, return_maps=False):
+        from audio_interpretability.data.synthetic import class_params
+
+        out = super().classifier_forward(X, return_maps)
+        spectrum = X.float().amax(dim=1)  # (B, bins)
+        bins = [round(class_params(k)["freq"] * 1024 / 16000) for k in range(5)]
+        bands = torch.stack([spectrum[:, b - 1 : b + 2].mean(dim=1) for b in bins], dim=1)
+        return out._replace(logits=10.0 * bands)  # (B, 5)
+
+
 class BadShapeInterpreter(InterpreterBrain):
     def make_mask(self, spec, clf):
         return MaskOutput(torch.ones_like(spec.X[:, :-1]), {})
@@ -112,6 +126,20 @@ def test_zeros_and_truth_masks(data, tmp_path):
     assert truth["loc_energy_in"] == pytest.approx(1.0)
     # a random mask of the same sparsity localises far worse than the truth itself
     assert truth["random_loc_iou"] < 0.5
+
+
+def test_collapse_detectors(data, tmp_path):
+    """A constant mask shows as input-independent; the truth mask follows each event and
+    another clip's (swapped) truth mask localises worse than the clip's own."""
+    ones = evaluate(make_brain(OnesInterpreter, tmp_path / "o"), data)
+    assert ones["mask_input_dependence"] == 0.0
+    assert ones["loc_time_corr"] == 0.0  # the same in every frame: no time profile
+    truth = evaluate(make_brain(BandTruthInterpreter, tmp_path / "t"), data)
+    assert truth["mask_input_dependence"] > 0.5
+    assert truth["loc_time_corr"] == pytest.approx(1.0)
+    assert {"swap_FF", "swap_fid_in", "swap_AI", "swap_AD", "swap_loc_iou"} <= truth.keys()
+    assert truth["swap_loc_iou"] < 0.5 * truth["loc_iou"]
+    assert truth["swap_loc_time_corr"] < 0.5
 
 
 def test_batched_metrics_equal_per_item(data, tmp_path):

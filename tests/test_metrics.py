@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 
 from audio_interpretability.metrics import (
     MASK_EPS,
+    MaskDependence,
     MetricAccumulator,
     accuracy,
     average_drop,
@@ -26,8 +27,10 @@ from audio_interpretability.metrics import (
     input_fidelity,
     localization_metrics,
     masked_in_drop,
+    profile_correlation,
     random_mask_like,
     sparseness,
+    swap_partners,
 )
 
 KEYS = ["AD", "AG", "AI", "COMP", "FF", "SPS", "accuracy", "fid_in", "in_drop"]
@@ -407,3 +410,58 @@ def test_accumulator_gathers_across_ddp_processes(tmp_path):
             "accuracy": 1.0,
             "n_samples": 5.0,
         }
+
+
+# --------------------------------------------------------------------------------------------
+# Collapse detectors: input dependence, time / frequency profiles, swap partners
+# --------------------------------------------------------------------------------------------
+def test_mask_dependence_hand_computed(device):
+    # masks [1, 0] and [0, 0]: mean mask [0.5, 0]; between = 0.25 + 0.25 = 0.5;
+    # grand mean 0.25, total = 0.5625 + 0.0625 + 0.0625 + 0.0625 = 0.75 -> 2/3
+    dep = MaskDependence()
+    dep.update(torch.tensor([[[1.0, 0.0]]], device=device))
+    dep.update(torch.tensor([[[0.0, 0.0]]], device=device))
+    assert dep.summarize() == pytest.approx(2 / 3)
+    # a fixed pattern plus small clip-dependent changes: a small share
+    gen = torch.Generator().manual_seed(0)
+    pattern = torch.rand(1, 20, 30, generator=gen)
+    masks = pattern + 0.05 * torch.rand(16, 20, 30, generator=gen)
+    collapsed = MaskDependence()
+    collapsed.update(masks.to(device))
+    assert collapsed.summarize() < 0.05
+    independent = MaskDependence()
+    independent.update(torch.rand(16, 20, 30, generator=gen).to(device))
+    assert independent.summarize() > 0.9
+    constant = MaskDependence()
+    constant.update(torch.full((3, 4, 5), 0.7, device=device))
+    assert constant.summarize() == 0.0
+    # another frame count is resized to the first one's
+    independent.update(torch.rand(2, 40, 30, generator=gen).to(device))
+    assert 0.0 <= independent.summarize() <= 1.0
+    with pytest.raises(ValueError, match="before any update"):
+        MaskDependence().summarize()
+
+
+def test_profile_correlation_follows_the_event(device):
+    truth = torch.zeros(2, 10, 8, device=device)
+    truth[:, 3:6, 2:4] = 1.0  # an event in frames 3-5, bins 2-3
+    follows = torch.full_like(truth, 0.1) + 0.8 * truth
+    fixed_band = torch.zeros_like(truth)
+    fixed_band[:, :, 2:4] = 1.0  # right frequencies, every frame
+    out = profile_correlation(torch.cat((follows[:1], fixed_band[:1])), truth)
+    assert out["loc_time_corr"].tolist() == pytest.approx([1.0, 0.0], abs=1e-6)
+    assert out["loc_freq_corr"].tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
+    shifted = torch.roll(follows, 5, dims=1)  # the event at the wrong time
+    assert float(profile_correlation(shifted, truth)["loc_time_corr"][0]) < 0
+
+
+def test_swap_partners_prefers_the_batch_then_earlier_masks(device):
+    pred = torch.tensor([1, 1, 2, 1], device=device)
+    # batch: clip 0 -> 2 (next of another class), 1 -> 2, 2 -> 3, 3 -> 2 (cyclic)
+    assert swap_partners(pred, pred).tolist() == [2, 2, 3, 2]
+    same = torch.tensor([4, 4], device=device)
+    pool = torch.tensor([4, 4, 4, 7], device=device)  # two earlier masks, the second of class 7
+    assert swap_partners(same, pool).tolist() == [3, 3]
+    assert swap_partners(same, same).tolist() == [-1, -1]
+    with pytest.raises(ValueError, match="swap_partners"):
+        swap_partners(pred, pred[:2])

@@ -78,7 +78,10 @@ class Interpretation(NamedTuple):
         The front-end output for ``wavs``.
     extras : dict
         ``MaskOutput.extras`` plus, when the batch has stems, ``"truth"`` (B, frames, bins) the
-        ground-truth event mask, and ``"clean_X"`` when noise was mixed in.
+        ground-truth event mask; when noise was mixed in, ``"clean_wavs"`` (B, T) the clean
+        clips and ``"clean_gain"`` (B,) their factor in the mixture; outside training, the
+        baselines ``"random_mask"`` / ``"swap_mask"`` with their ``*_logits_in`` /
+        ``*_logits_out`` and ``"swap_valid"`` (B,) bool.
     """
 
     X_int: torch.Tensor
@@ -102,7 +105,8 @@ class InterpreterBrain(sb.Brain):
     ``classifier_model_path`` (checkpoints of the classifier; ``null`` keeps the weights as
     built, with a warning), ``output_folder``, ``save_interpretations`` (bool),
     ``n_saved_interpretations`` (int), ``add_wham_noise``, ``wham_folder``, ``wham_snr_db``,
-    ``random_baseline`` (also score a random mask of the same sparsity), ``loc_threshold``
+    ``random_baseline`` (also score two chance baselines outside training: a random mask of
+    the same values, ``random_*`` keys, and another clip's mask, ``swap_*`` keys), ``loc_threshold``
     (binarisation threshold of the mask for localisation), and ``seed``.
 
     Arguments
@@ -115,6 +119,9 @@ class InterpreterBrain(sb.Brain):
 
     #: Whether :meth:`make_mask` needs the classifier's intermediate maps.
     needs_maps: bool = False
+
+    #: Masks of earlier batches kept as swap partners (the swapped-mask baseline).
+    SWAP_BANK_SIZE: int = 16
 
     #: Hparams every interpreter YAML must define (checked at construction).
     required_hparams: tuple = (
@@ -149,6 +156,8 @@ class InterpreterBrain(sb.Brain):
         self.noise = None
         self.saved_count = 0
         self.metric_accumulator = None
+        self.mask_dependence = M.MaskDependence()
+        self._swap_bank: list = []
         self.last_summary: dict = {}
         self._load_frozen_classifier()
         self.hparams.frontend.to(self.device)
@@ -299,21 +308,26 @@ class InterpreterBrain(sb.Brain):
                 f"but the spectrogram is {tuple(spec.X.shape)}; align it in make_mask."
             )
         extras = dict(mask_out.extras)
-        masks = [mask]
+        masks = {"": mask}
         if stage != sb.Stage.TRAIN and self.hparams.random_baseline:
-            # Chance baseline: a random mask of the same sparsity, scored in the same pass.
-            extras["random_mask"] = M.random_mask_like(mask, generator=self._baseline_generator())
-            masks.append(extras["random_mask"])
-        logits = self.masked_passes(spec.X, masks)
+            # Chance baselines, scored in the same batched pass: a random mask of the same
+            # values, and each clip with another clip's mask (of another predicted class).
+            masks["random_"] = M.random_mask_like(mask, generator=self._baseline_generator())
+            masks["swap_"], extras["swap_valid"] = self._swapped_masks(mask, clf.logits)
+        logits = self.masked_passes(spec.X, list(masks.values()))
+        for k, prefix in enumerate(masks):
+            if prefix:
+                extras[f"{prefix}mask"] = masks[prefix]
+                extras[f"{prefix}logits_in"] = logits[2 * k]
+                extras[f"{prefix}logits_out"] = logits[2 * k + 1]
         logits_in, logits_out = logits[0], logits[1]
-        if len(logits) == 4:
-            extras["random_logits_in"], extras["random_logits_out"] = logits[2], logits[3]
         if stage != sb.Stage.TRAIN:
             truth = self.ground_truth(batch, gain, noise_part)
             if truth is not None:
                 extras["truth"] = truth
-        if gain is not None:
-            extras["clean_X"] = self.preprocess(batch.sig.data.to(self.device) * gain[:, None]).X
+        if gain is not None:  # the clean clip, and its factor in the mixture
+            extras["clean_wavs"] = batch.sig.data.to(self.device)
+            extras["clean_gain"] = gain
         return Interpretation(
             X_int=mask * spec.X,
             mask=mask,
@@ -346,20 +360,69 @@ class InterpreterBrain(sb.Brain):
         )
         truth = out.extras.get("truth")
         threshold = float(self.hparams.loc_threshold)
+        magnitude = out.spec.magnitude
         if truth is not None:
-            values.update(M.localization_metrics(out.mask, truth, out.spec.magnitude, threshold))
-        if "random_mask" in out.extras:
-            rand = out.extras["random_mask"]
-            rand_values = M.compute_faithfulness_metrics(
-                out.logits, out.extras["random_logits_in"], out.extras["random_logits_out"], rand
+            values.update(M.localization_metrics(out.mask, truth, magnitude, threshold))
+            values.update(M.profile_correlation(out.mask, truth))
+        self.mask_dependence.update(out.mask)
+        for prefix in ("random_", "swap_"):
+            if f"{prefix}mask" not in out.extras:
+                continue
+            keep = out.extras.get(f"{prefix}valid", torch.ones_like(labels, dtype=torch.bool))
+            if not bool(keep.any()):
+                continue
+            base = out.extras[f"{prefix}mask"][keep]
+            base_values = M.compute_faithfulness_metrics(
+                out.logits[keep],
+                out.extras[f"{prefix}logits_in"][keep],
+                out.extras[f"{prefix}logits_out"][keep],
+                base,
             )
             if truth is not None:
-                rand_values.update(
-                    M.localization_metrics(rand, truth, out.spec.magnitude, threshold)
+                base_values.update(
+                    M.localization_metrics(base, truth[keep], magnitude[keep], threshold)
                 )
-            values.update({f"random_{k}": v for k, v in rand_values.items()})
+                base_values.update(M.profile_correlation(base, truth[keep]))
+            values.update({f"{prefix}{k}": v for k, v in base_values.items()})
         values.update(self.extra_metrics(out, batch, stage))
         self.metric_accumulator.update(values)
+
+    def _swapped_masks(self, mask: torch.Tensor, logits: torch.Tensor):
+        """Each clip's swapped mask (another clip's, of another predicted class) and validity.
+
+        Partners come from the batch, else from the last ``SWAP_BANK_SIZE`` masks of the stage
+        (see :func:`~audio_interpretability.metrics.swap_partners`); masks of other lengths are
+        cropped or zero-padded in time.
+
+        Returns
+        -------
+        swapped : torch.Tensor
+            (B, frames, bins) masks (a clip without a partner keeps its own mask).
+        valid : torch.Tensor
+            (B,) bool, False where no clip of another class was available.
+        """
+        pred = logits.argmax(dim=-1)  # (B,)
+        frames = mask.shape[1]
+        bank = [
+            m[:frames]
+            if m.shape[0] >= frames
+            else torch.nn.functional.pad(m, (0, 0, 0, frames - m.shape[0]))
+            for m, _ in self._swap_bank
+        ]
+        pool = torch.cat([mask.detach()] + [m.unsqueeze(0) for m in bank], dim=0)
+        pool_pred = torch.cat(
+            (
+                pred,
+                torch.tensor([c for _, c in self._swap_bank], dtype=torch.long, device=pred.device),
+            )
+        )
+        index = M.swap_partners(pred, pool_pred)  # (B,)
+        valid = index >= 0
+        own = torch.arange(mask.shape[0], device=mask.device)
+        swapped = pool[torch.where(valid, index, own)]
+        fresh = [(m, int(c)) for m, c in zip(mask.detach().flip(0), pred.flip(0).tolist())]
+        self._swap_bank = (fresh + self._swap_bank)[: self.SWAP_BANK_SIZE]
+        return swapped, valid
 
     def extra_metrics(self, out: Interpretation, batch, stage) -> dict:
         """Interpreter-specific per-sample metrics (B,) to report too (default: none)."""
@@ -422,6 +485,8 @@ class InterpreterBrain(sb.Brain):
             self._make_noise()
         if stage != sb.Stage.TRAIN:
             self.metric_accumulator = M.MetricAccumulator()
+            self.mask_dependence = M.MaskDependence()
+            self._swap_bank = []
         if stage == sb.Stage.TEST:
             self.saved_count = 0
 
@@ -430,6 +495,7 @@ class InterpreterBrain(sb.Brain):
         summary = {"loss": float(stage_loss)}
         if stage != sb.Stage.TRAIN and self.metric_accumulator is not None:
             summary.update(self.metric_accumulator.summarize())
+            summary["mask_input_dependence"] = self.mask_dependence.summarize()
         return summary
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
