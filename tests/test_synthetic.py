@@ -189,3 +189,20 @@ def test_cli_writes_layout(tmp_path):
             assert info.channels == 2 and info.samplerate == 16000
             lengths.add(info.frames)
     assert len(lengths) > 1
+
+
+def test_ground_truth_counts_only_audible_event_bins_not_side_lobes():
+    """A 150 Hz harmonic (class 0: partials up to 600 Hz) over quiet pink noise: with the
+    default margin and floor no bin far above the partials counts as event; a -60 dB floor
+    without margin (the former default) let the window's side lobes through up there."""
+    sr = 16000
+    event, background = synthesize_clip(0, 2.0, sr, np.random.default_rng(0))
+    event, background = torch.from_numpy(event).float(), torch.from_numpy(background).float()
+    frontend = Frontend(sample_rate=sr)
+    truth = ground_truth_mask(event, background, frontend)
+    loose = ground_truth_mask(event, background, frontend, threshold_db=0.0, floor_db=-60.0)
+    high = 1500 * 1024 // sr  # bins above 1.5 kHz: > 2 octaves over the top partial
+    assert truth[0, :, high:].sum() == 0
+    assert loose[0, :, high:].sum() > 20  # side lobes counted before
+    f0_bin = round(class_params(0)["freq"] * 1024 / sr)
+    assert truth[0, :, f0_bin - 1 : f0_bin + 2].sum() > 20  # the fundamental itself is kept

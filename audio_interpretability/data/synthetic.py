@@ -457,14 +457,17 @@ def ground_truth_mask(
     event: torch.Tensor,
     background: torch.Tensor,
     frontend: torch.nn.Module,
-    threshold_db: float = 0.0,
-    floor_db: float | None = -60.0,
+    threshold_db: float = 6.0,
+    floor_db: float | None = -30.0,
 ) -> torch.Tensor:
-    """Mask of the STFT bins where the event dominates the background.
+    """Mask of the audible STFT bins where the event dominates the background.
 
     A bin is 1 when ``20 log10 |STFT(event)| > 20 log10 |STFT(background)| + threshold_db``
     and, unless ``floor_db`` is None, the event's magnitude there is within ``floor_db`` dB of
-    the event's loudest bin (bins where the event is negligibly quiet are ignored).
+    the event's loudest bin. The defaults (a 6 dB margin over the background, a floor 30 dB
+    under the event's peak) keep the event's main lobes and drop the Hann window's side lobes
+    (-31 dB and lower) and onset splatter that a -60 dB floor let through wherever the
+    background is quieter still (high above a low tone, under pink / brown noise).
 
     Arguments
     ---------
@@ -475,9 +478,10 @@ def ground_truth_mask(
     frontend : Frontend
         Any :class:`audio_interpretability.features.Frontend` (its STFT sets the grid).
     threshold_db : float
-        How many dB the event must exceed the background by.
+        How many dB the event must exceed the background by (default 6).
     floor_db : float or None
-        Relative floor (dB, negative) under the event's maximum; None disables it.
+        Relative floor (dB, negative) under the event's maximum (default -30); None disables
+        it.
 
     Returns
     -------
