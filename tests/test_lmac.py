@@ -336,19 +336,32 @@ def test_recipe_plain_resume_and_finetuning(tmp_path, tiny_esc50, device, classi
     assert not (only / "save").exists() or not list((only / "save").glob("CKPT*"))
     assert "epoch:" not in (only / "train_log.txt").read_text()
 
-    # Fine-tuning in the same folder would resume a pre-training run: refused.
-    with pytest.raises(ValueError, match="new --output_folder"):
-        train_lmac.main(
-            recipe_args(
-                tiny_esc50,
-                out,
-                classifier_ckpt,
-                device,
-                finetuning=True,
-                pretrained_interpreter=psi,
-                number_of_epochs=3,
-            )
+    # The published fine-tuning command reuses the pre-training folder: the fine-tuning run
+    # goes to finetuning/ subfolders and leaves the pre-trained decoder and metrics alone.
+    pretrained = psi.read_bytes()
+    before = read_json(out / "test_metrics.json")
+    results = train_lmac.main(
+        recipe_args(
+            tiny_esc50,
+            out,
+            classifier_ckpt,
+            device,
+            finetuning=True,
+            pretrained_interpreter=psi,
+            g_w=4,
+            crosscor_th=0.0,
+            number_of_epochs=1,
         )
+    )
+    assert psi.read_bytes() == pretrained and read_json(out / "test_metrics.json") == before
+    assert (out / "save" / "finetuning" / "psi_model.ckpt").is_file()
+    assert list((out / "save" / "finetuning").glob("CKPT*"))
+    tuned = read_json(out / "finetuning" / "test_metrics.json")
+    assert tuned == results["main"] and tuned["gate_fraction"] == 1.0
+    log = (out / "train_log.txt").read_text()
+    assert "train gate_passed: 10.00" in log  # fine-tuned for its 1 epoch, not resumed at 2
+
+    # In a new folder: the usual layout.
     ft = tmp_path / "finetuned"
     train_lmac.main(
         recipe_args(
@@ -366,6 +379,9 @@ def test_recipe_plain_resume_and_finetuning(tmp_path, tiny_esc50, device, classi
     assert "train gate_passed: 10.00" in log and "train gate_fraction: 1.00" in log
     assert (ft / "save" / "psi_model.ckpt").is_file()
     assert read_json(ft / "test_metrics.json")["gate_fraction"] == 1.0
+    # Pre-training on top of fine-tuning checkpoints would mix the stages: refused.
+    with pytest.raises(ValueError, match="new --output_folder"):
+        train_lmac.main(recipe_args(tiny_esc50, ft, classifier_ckpt, device, number_of_epochs=2))
 
 
 def test_recipe_with_wham_noise(tmp_path, tiny_esc50, tiny_wham, device, classifier_ckpt):

@@ -73,6 +73,9 @@ REGULARIZERS = ("published", "per_sample")
 GUIDANCE_REFERENCES = ("clean", "mixture_scaled")
 #: File name of the exported decoder (``<save_folder>/psi_model.ckpt``).
 PSI_FILE = "psi_model.ckpt"
+#: Subfolder of ``save_folder`` (and ``output_folder``) of a fine-tuning run started in the
+#: output folder of its pre-training run (the published fine-tuning command line does that).
+FINETUNING_FOLDER = "finetuning"
 _EPS = 1e-8
 
 __all__ = [
@@ -512,8 +515,12 @@ class LMAC(InterpreterBrain):
         logger.info("Loaded the L-MAC decoder from %s", path)
 
     def export_interpreter(self, path: str | None = None) -> Path:
-        """Write the decoder's state_dict atomically (default ``<save_folder>/psi_model.ckpt``)."""
-        path = Path(path or os.path.join(self.hparams.save_folder, PSI_FILE))
+        """Write the decoder's state_dict atomically (default: ``psi_model.ckpt`` in the
+        checkpoint folder, ``<save_folder>`` or ``<save_folder>/finetuning``)."""
+        folder = self.hparams.save_folder
+        if self.checkpointer is not None:
+            folder = self.checkpointer.checkpoints_dir
+        path = Path(path or os.path.join(folder, PSI_FILE))
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.hparams.psi_model.state_dict().items()}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".psi_", suffix=".tmp")
@@ -606,15 +613,46 @@ class LMAC(InterpreterBrain):
                 "checkpointer=hparams['checkpointer']"
             )
         finetuning = float(bool(self.hparams.finetuning))
-        for ckpt in self.checkpointer.list_checkpoints():
-            if "finetuning" in ckpt.meta and float(ckpt.meta["finetuning"]) != finetuning:
-                kind = "fine-tuning" if ckpt.meta["finetuning"] else "pre-training"
-                raise ValueError(
-                    f"{self.checkpointer.checkpoints_dir} holds checkpoints of a {kind} run; "
-                    "resuming from them would mix the two stages. Pass a new --output_folder "
-                    "for this run."
-                )
+        if finetuning and self._holds_stage(0.0):
+            # The published fine-tuning command reuses the pre-training output folder: keep
+            # the pre-training checkpoints and decoder, fine-tune in a subfolder.
+            folder = Path(self.hparams.save_folder) / FINETUNING_FOLDER
+            logger.info(
+                "%s holds the pre-training checkpoints; fine-tuning checkpoints and the "
+                "fine-tuned psi_model.ckpt go to %s",
+                self.checkpointer.checkpoints_dir,
+                folder,
+            )
+            self.checkpointer.checkpoints_dir = folder
+            folder.mkdir(parents=True, exist_ok=True)
+        if self._holds_stage(1.0 - finetuning):
+            kind = "pre-training" if finetuning else "fine-tuning"
+            raise ValueError(
+                f"{self.checkpointer.checkpoints_dir} holds checkpoints of a {kind} run; "
+                "resuming from them would mix the two stages. Pass a new --output_folder "
+                "for this run."
+            )
         super().on_fit_start()
+
+    def _holds_stage(self, finetuning: float) -> bool:
+        """Whether the checkpointer's folder holds checkpoints of that stage (0 / 1)."""
+        return any(
+            "finetuning" in ckpt.meta and float(ckpt.meta["finetuning"]) == finetuning
+            for ckpt in self.checkpointer.list_checkpoints()
+        )
+
+    @property
+    def run_folder(self) -> Path:
+        """Where this run's test metrics go: ``output_folder``, or its ``finetuning/``
+        subfolder when fine-tuning next to a pre-training run's checkpoints."""
+        out = Path(self.hparams.output_folder)
+        if (
+            self.checkpointer is not None
+            and Path(self.checkpointer.checkpoints_dir)
+            == Path(self.hparams.save_folder) / FINETUNING_FOLDER
+        ):
+            return out / FINETUNING_FOLDER
+        return out
 
     def on_stage_start(self, stage, epoch=None):
         """Base bookkeeping plus a fresh count of the samples passing the guidance gate."""

@@ -8,10 +8,12 @@ To run::
     # with WHAM! noise in every clip (0 dB):
     python recipes/ESC50/interpret/train_lmac.py hparams/lmac_cnn14.yaml --data_folder D \
         --add_wham_noise True --wham_folder /path/to/wham_noise
-    # fine-tuning with the cross-correlation gate and guidance loss:
+    # fine-tuning with the cross-correlation gate and guidance loss (the published command:
+    # in the pre-training run's folder, it writes to <output_folder>/finetuning and
+    # <save_folder>/finetuning; or pass a new --output_folder):
     python recipes/ESC50/interpret/train_lmac.py hparams/lmac_cnn14.yaml --data_folder D \
-        --finetuning True --pretrained_interpreter <first run>/save/psi_model.ckpt --g_w 4 \
-        --output_folder results/LMAC_cnn14_ft
+        --add_wham_noise True --wham_folder W \
+        --finetuning True --pretrained_interpreter <first run>/save/psi_model.ckpt --g_w 4
     # evaluate a trained decoder only:
     ... --test_only True --pretrained_interpreter P
 
@@ -66,9 +68,10 @@ def main(argv=None) -> dict:
         )
 
     # Test the best checkpoint (test_only: the pretrained_interpreter loaded at start-up).
-    settings = {"main": (hparams["output_folder"], hparams["add_wham_noise"])}
+    folder = str(brain.run_folder)  # <output_folder>, or its finetuning/ subfolder
+    settings = {"main": (folder, hparams["add_wham_noise"])}
     if hparams["add_wham_noise"]:
-        settings["clean"] = (os.path.join(hparams["output_folder"], "clean"), False)
+        settings["clean"] = (os.path.join(folder, "clean"), False)
     results = {}
     for name, (folder, noisy) in settings.items():
         results[name] = evaluate_setting(
