@@ -143,8 +143,8 @@ def test_resume_continues_from_checkpoint(one_epoch_cnn14, tiny_esc50, tmp_path)
 
 @pytest.mark.parametrize("model", ["focalnet", "vit"])
 def test_image_backbones_one_epoch(model, tiny_esc50, tmp_path):
-    # Also exercises the published augmentation setting: originals + augmented copies,
-    # which doubles the batch and needs the labels replicated.
+    # Also exercises augment_concat_original: originals + augmented copies, which doubles
+    # the batch and needs the labels replicated.
     recipe.main(
         argv(model, tiny_esc50, tmp_path, "--augment_concat_original", "True",
              "--augment_prob", "1.0", epochs=1)
