@@ -205,11 +205,17 @@ def overlap(s: torch.Tensor, n: torch.Tensor, w_s: float, w_n: float, return_par
     >>> overlap(s, n, 0.8, 0.2)  # [0.2, 0.8, -0.4] / 0.8
     tensor([ 0.2500,  1.0000, -0.5000])
     """
+    # a silent clip keeps factor w_s (adds nothing)
+    return _weighted_mix(s, n, w_s, w_n, peak_scale, peak_scale, return_parts)
+
+
+def _weighted_mix(s, n, w_s, w_n, unit_scale, final_scale, return_parts):
+    """``w_s s u(s) + w_n n u(n)``, times ``f`` of that sum; the formula of both protocols
+    (``u``, ``f``: functions returning a (..., 1) factor of a (..., T) signal)."""
     _check_same_shape(s, n)
-    gain = w_s * peak_scale(s)  # (..., 1); a silent clip keeps factor w_s (adds nothing)
-    n_part = w_n * peak_scale(n) * n
-    mixture = gain * s + n_part
-    scale = peak_scale(mixture)  # (..., 1)
+    gain = w_s * unit_scale(s)  # (..., 1)
+    n_part = w_n * unit_scale(n) * n  # (..., T)
+    scale = final_scale(gain * s + n_part)  # (..., 1)
     gain, n_part = gain * scale, n_part * scale
     mixture = gain * s + n_part
     if return_parts:
@@ -268,15 +274,7 @@ def published_mixture(
     >>> published_mixture(s, n)  # [0.48, 0.2, -0.64] / 0.48
     tensor([ 1.0000,  0.4167, -1.3333])
     """
-    _check_same_shape(s, n)
-    gain = w_s * _l2_scale(s)  # (..., 1)
-    n_part = w_n * _l2_scale(n) * n  # (..., T)
-    scale = _max_scale(gain * s + n_part)  # (..., 1)
-    gain, n_part = gain * scale, n_part * scale
-    mixture = gain * s + n_part
-    if return_parts:
-        return mixture, gain, n_part
-    return mixture
+    return _weighted_mix(s, n, w_s, w_n, _l2_scale, _max_scale, return_parts)
 
 
 def fit_length(x: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
