@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded synthetic default, end to end on CPU, with the real recipes:
 #   1. a 10-class synthetic data set in ESC-50's layout (+ ground-truth stems, WHAM!-format noise)
-#   2. a CNN14 classifier trained on it (recipes/ESC50/classification/train.py)
+#   2. a CNN14 classifier trained on it with WHAM! noise (recipes/ESC50/classification/train.py):
+#      L-MAC trains with WHAM! noise and must explain a classifier that can hear through it
 #   3. L-MAC trained on the frozen CNN14 with WHAM! noise (recipes/ESC50/interpret/train_lmac.py)
 #   4. L-MAC evaluated in-domain and out-of-domain (recipes/ESC50/interpret/eval.py)
 # Usage: bash recipes/ESC50/run_demo.sh [OUTPUT_FOLDER] [extra overrides for train_lmac.py ...]
@@ -28,13 +29,13 @@ generate_speech_like(sys.argv[1], n_files=8, duration=3.0, sample_rate=22050, lj
 
 python recipes/ESC50/classification/train.py hparams/classifier_cnn14.yaml --data_folder "$DATA" \
     --out_n_neurons 10 --output_folder "$OUT/classifier_cnn14" --pretrained_folder "$CLF" \
-    --cache_folder "$OUT/audio_cache" "${CNN14_CPU[@]}" --number_of_epochs 6 --batch_size 16 \
-    --lr 0.001 --augment_prob 0.5
+    --cache_folder "$OUT/audio_cache" "${CNN14_CPU[@]}" --number_of_epochs 10 --batch_size 16 \
+    --lr 0.001 --augment_prob 0.5 --add_wham_noise True --wham_folder "$WHAM"
 
 python recipes/ESC50/interpret/train_lmac.py hparams/lmac_cnn14.yaml --data_folder "$DATA" \
     --out_n_neurons 10 --pretrained_classifier_folder "$CLF" --output_folder "$OUT/lmac" \
     --cache_folder "$OUT/audio_cache" --add_wham_noise True --wham_folder "$WHAM" \
-    --number_of_epochs 8 --batch_size 8 "${LMAC_CPU[@]}" "$@"
+    --number_of_epochs 10 --batch_size 8 --lr 0.005 "${LMAC_CPU[@]}" "$@"
 
 # the published evaluation protocol (eval_protocol: published): the validation fold with WHAM!
 # noise (in-domain), and each of its clips in 2 versions per out-of-domain type
