@@ -12,8 +12,13 @@ best model to a stable folder (hparam ``pretrained_folder``, default
 The interpretation recipes' ``embedding_model_path`` / ``classifier_model_path`` point at the
 two ``.ckpt`` files and call :func:`load_classifier`, which turns every way this can go wrong
 (missing file, corrupt file, another architecture or size, another number of classes) into an
-error that names the file and says how to fix it. Checkpoints saved by SpeechBrain's own
-ESC-50 recipes (plain state_dicts of the same modules) load the same way.
+error that names the file and says how to fix it.
+
+Checkpoints released with SpeechBrain's own ESC-50 recipes load the same way, strictly: each
+module's ``convert_published_state_dict`` recognises the published layout by its keys and maps
+it onto ours (CNN14: same keys; its ``torch.nn.Linear`` head; ``transformers``
+``FocalNetBackbone`` / ``ViTModel`` backbones; the ECAPA ``Classifier`` head), then the usual
+strict checks run. See docs/CLASSIFIERS.md, "Loading SpeechBrain's released checkpoints".
 
 Authors
 * audio_interpretability contributors
@@ -169,6 +174,18 @@ def _hparams_advice(path: str, hint: str) -> str:
     )
 
 
+def _to_own_layout(module: torch.nn.Module, state: dict, path: str, what: str) -> dict:
+    """``module.convert_published_state_dict(state)`` when the module has one (our models),
+    else ``state``; its ValueErrors are prefixed with the file."""
+    convert = getattr(module, "convert_published_state_dict", None)
+    if convert is None:  # a plain torch module (tests, examples): no published layout
+        return state
+    try:
+        return convert(state)
+    except ValueError as err:
+        raise ValueError(f"Cannot load the {what} checkpoint {path}: {err}") from err
+
+
 def _check_compatible(module: torch.nn.Module, state: dict, path: str, what: str, hint: str):
     """Raise a clear ValueError when ``state`` does not fit ``module`` exactly."""
     own = module.state_dict()
@@ -215,7 +232,8 @@ def load_classifier(
     """Load an exported classifier (backbone + head) into the given modules, strictly.
 
     Both files are read and checked before either module is touched, so a failure leaves
-    the modules unchanged.
+    the modules unchanged. State dicts in the layout of SpeechBrain's released ESC-50
+    checkpoints are first mapped onto ours (each module's ``convert_published_state_dict``).
 
     Arguments
     ---------
@@ -253,6 +271,8 @@ def load_classifier(
     """
     emb_state = _read_state_dict(embedding_model_path, "embedding_model", hint)
     cls_state = _read_state_dict(classifier_model_path, "classifier", hint)
+    emb_state = _to_own_layout(embedding_model, emb_state, embedding_model_path, "embedding_model")
+    cls_state = _to_own_layout(classifier, cls_state, classifier_model_path, "classifier")
     _check_compatible(embedding_model, emb_state, embedding_model_path, "embedding_model", hint)
     _check_compatible(classifier, cls_state, classifier_model_path, "classifier", hint)
     embedding_model.load_state_dict(emb_state, strict=True)

@@ -18,6 +18,8 @@ Authors
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -76,6 +78,45 @@ class Backbone(torch.nn.Module):
     def saliency(self, maps: tuple, **options) -> torch.Tensor:
         """Aggregate intermediate maps into a (B, h, w) saliency map (time, frequency)."""
         raise NotImplementedError
+
+    def convert_published_state_dict(self, state: dict) -> dict:
+        """Map a state dict saved by SpeechBrain's ESC-50 recipes onto this backbone's keys.
+
+        :func:`~audio_interpretability.checkpoints.load_classifier` calls it before its strict
+        checks. The default returns ``state`` unchanged (CNN14: same layout); FocalNet and ViT
+        recognise the ``transformers`` layouts by their keys. Our own checkpoints always pass
+        through unchanged.
+        """
+        return state
+
+
+def rename_state_dict_keys(state: dict, rules: Sequence[tuple[str, str]]) -> dict:
+    """Rename the keys of ``state`` with regex ``(pattern, replacement)`` rules, applied in order.
+
+    Arguments
+    ---------
+    state : dict
+        A state dict.
+    rules : sequence of (str, str)
+        ``re.sub`` pattern and replacement, each applied to every key.
+
+    Returns
+    -------
+    dict
+        A new state dict with the same tensors and renamed keys.
+
+    Example
+    -------
+    >>> state = {"encoder.layer.0.weight": torch.zeros(1)}
+    >>> list(rename_state_dict_keys(state, [(r"^encoder\\.layer\\.", "blocks.")]))
+    ['blocks.0.weight']
+    """
+    renamed = {}
+    for key, value in state.items():
+        for pattern, replacement in rules:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = value
+    return renamed
 
 
 class AudioClassifier(torch.nn.Module):

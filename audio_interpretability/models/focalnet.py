@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audio_interpretability.models.base import Backbone, BackboneOutput
+from audio_interpretability.models.base import Backbone, BackboneOutput, rename_state_dict_keys
 from audio_interpretability.models.image_input import (
     DropPath,
+    fold_input_channels,
     init_transformer_weights,
     spectrogram_to_image,
 )
@@ -88,6 +89,21 @@ FOCALNET_CONFIGS: dict[str, dict] = {
 }
 
 _AGGREGATIONS = ("mean", "max", "prod")
+
+#: ``transformers.FocalNetBackbone`` state-dict keys -> ours (applied in order), for the
+#: checkpoints of SpeechBrain's ESC-50 FocalNet recipe (microsoft/focalnet-base fine-tuned).
+_PUBLISHED_KEY_RULES = (
+    (r"^focalnet\.embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^focalnet\.embeddings\.norm\.", "patch_embed.norm."),
+    (r"^focalnet\.encoder\.stages\.(\d+)\.layers\.(\d+)\.", r"stages.\1.blocks.\2."),
+    (r"^focalnet\.encoder\.stages\.(\d+)\.downsample\.projection\.", r"stages.\1.downsample.proj."),
+    (r"^focalnet\.encoder\.stages\.(\d+)\.downsample\.norm\.", r"stages.\1.downsample.norm."),
+    (r"\.modulation\.projection_in\.", ".modulation.f."),
+    (r"\.modulation\.projection_context\.", ".modulation.h."),
+    (r"\.modulation\.projection_out\.", ".modulation.proj."),
+    (r"\.modulation\.layernorm\.", ".modulation.ln."),
+    (r"^focalnet\.layernorm\.", "norm."),
+)
 
 
 class Mlp(nn.Module):
@@ -408,6 +424,11 @@ class FocalNet(Backbone):
         Post-norm blocks.
     normalize_modulator : bool
         Divide the focal context by the number of levels.
+    final_norm : bool
+        Pool the final LayerNorm's output (ours, as microsoft FocalNet and timm). False pools
+        the last stage's output before that norm, as the published recipe (``transformers``
+        ``FocalNetBackbone(x).feature_maps[-1]``); the norm's weights stay in the state dict
+        either way, so the released checkpoints load strictly.
 
     Example
     -------
@@ -438,8 +459,10 @@ class FocalNet(Backbone):
         layerscale_value: float = 1e-4,
         use_postln: bool = False,
         normalize_modulator: bool = False,
+        final_norm: bool = True,
     ):
         super().__init__()
+        self.final_norm = final_norm
         self.num_stages = len(depths)
         levels = self._per_stage(focal_levels, "focal_levels")
         windows = self._per_stage(focal_windows, "focal_windows")
@@ -457,7 +480,7 @@ class FocalNet(Backbone):
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.stages = nn.ModuleList()
         for i, depth in enumerate(depths):
             first = sum(depths[:i])
@@ -511,6 +534,33 @@ class FocalNet(Backbone):
         """(B, frames, bins) log1p spectrogram -> (B, in_chans, img_size, img_size) image."""
         return spectrogram_to_image(X, size=self.img_size, channels=self.in_chans)
 
+    def convert_published_state_dict(self, state: dict) -> dict:
+        """Map a ``transformers.FocalNetBackbone`` state dict (keys ``focalnet.*``, the
+        published ``embedding_model.ckpt``) onto this model's keys; ours pass unchanged.
+
+        The 3-channel stem is summed to one channel when ``in_chans`` is 1 (the published
+        input repeats the spectrogram on 3 channels, so the outputs are the same).
+
+        Raises
+        ------
+        ValueError
+            The checkpoint is the published one but this model pools the final LayerNorm
+            (``final_norm=True``), so the released head would read other embeddings.
+        """
+        if not any(key.startswith("focalnet.") for key in state):
+            return state
+        if self.final_norm:
+            raise ValueError(
+                "the checkpoint is a transformers FocalNetBackbone (SpeechBrain's released "
+                "FocalNet), whose recipe pools the last stage *before* the final LayerNorm; "
+                "build FocalNet with final_norm: False (see docs/CLASSIFIERS.md)."
+            )
+        state = rename_state_dict_keys(state, _PUBLISHED_KEY_RULES)
+        stem = "patch_embed.proj.weight"
+        if stem in state:
+            state[stem] = fold_input_channels(state[stem], self.in_chans)
+        return state
+
     def forward(self, x: torch.Tensor, return_maps: bool = False) -> BackboneOutput:
         """Embed a batch of images.
 
@@ -524,8 +574,8 @@ class FocalNet(Backbone):
         Returns
         -------
         BackboneOutput
-            embedding (B, embed_dim * 2**(stages - 1)) (final LayerNorm + global average
-            pool) and maps: one (B, embed_dim * 2**s, H / (patch_size * 2**s), W / ...) tensor
+            embedding (B, embed_dim * 2**(stages - 1)) (final LayerNorm unless
+            ``final_norm=False``, then global average pool) and maps: one (B, embed_dim * 2**s, H / (patch_size * 2**s), W / ...) tensor
             per stage s, or ``()``.
         """
         if x.ndim != 4 or x.shape[1] != self.in_chans:
@@ -543,7 +593,8 @@ class FocalNet(Backbone):
         for stage in self.stages:
             x, modulator = stage(x)
             maps.append(modulator)
-        x = self.norm(x)  # (B, h, w, D)
+        if self.final_norm:
+            x = self.norm(x)  # (B, h, w, D)
         embedding = x.mean(dim=(1, 2))  # (B, D)
         return BackboneOutput(embedding=embedding, maps=tuple(maps) if return_maps else ())
 

@@ -101,6 +101,24 @@ def image_to_spectrogram(saliency: torch.Tensor, n_frames: int, n_bins: int) -> 
     ).squeeze(1)  # (B, n_frames, n_bins)
 
 
+def fold_input_channels(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Adapt a patch-embedding conv weight (D, C, p, p) trained on C identical input channels.
+
+    The published recipes feed the spectrogram repeated to 3 channels; a conv on such an input
+    equals the conv with the channel-summed kernel on one channel. So a 3-channel weight is
+    summed to (D, 1, p, p) when ``in_chans`` is 1; any other combination is returned unchanged
+    (the strict load then reports the shape mismatch).
+
+    Example
+    -------
+    >>> fold_input_channels(torch.ones(8, 3, 4, 4), in_chans=1).shape
+    torch.Size([8, 1, 4, 4])
+    """
+    if in_chans == 1 and weight.ndim == 4 and weight.shape[1] > 1:
+        return weight.sum(dim=1, keepdim=True)  # (D, 1, p, p)
+    return weight
+
+
 def init_transformer_weights(module: torch.nn.Module) -> None:
     """ViT / FocalNet initialisation (``model.apply(init_transformer_weights)``): truncated
     normal (std 0.02) Linear weights with zero biases, unit LayerNorm weights with zero biases.

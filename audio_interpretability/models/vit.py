@@ -17,15 +17,17 @@ Authors
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audio_interpretability.models.base import Backbone, BackboneOutput
+from audio_interpretability.models.base import Backbone, BackboneOutput, rename_state_dict_keys
 from audio_interpretability.models.image_input import (
     DropPath,
+    fold_input_channels,
     init_transformer_weights,
     spectrogram_to_image,
 )
@@ -38,6 +40,30 @@ VIT_CONFIGS: dict[str, dict] = {
 }
 
 _METHODS = ("mean", "rollout")
+logger = logging.getLogger(__name__)
+
+#: LayerNorm epsilon of ``transformers``' ViT (google/vit-base-patch16-224).
+HF_LAYER_NORM_EPS = 1e-12
+
+#: ``transformers.ViTModel`` state-dict keys -> ours (applied in order), for the checkpoints of
+#: SpeechBrain's ESC-50 ViT recipe (google/vit-base-patch16-224 fine-tuned); query / key /
+#: value are concatenated into ``qkv`` afterwards.
+_PUBLISHED_KEY_RULES = (
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed."),
+    (r"^encoder\.layer\.(\d+)\.", r"blocks.\1."),
+    (r"\.attention\.attention\.(query|key|value)\.", r".attn.\1."),
+    (r"\.attention\.output\.dense\.", ".attn.proj."),
+    (r"\.intermediate\.dense\.", ".mlp.0."),
+    (r"\.output\.dense\.", ".mlp.3."),
+    (r"\.layernorm_before\.", ".norm1."),
+    (r"\.layernorm_after\.", ".norm2."),
+    (r"^layernorm\.", "norm."),
+)
+#: Keys of ``ViTModel``'s pooler (dense + tanh on the CLS token): the published recipe never
+#: uses it (its embedding is the token mean of ``last_hidden_state``), so it is dropped.
+_PUBLISHED_UNUSED = ("pooler.dense.weight", "pooler.dense.bias")
 
 
 class Attention(nn.Module):
@@ -110,6 +136,8 @@ class Block(nn.Module):
         Dropout in the MLP and after the attention projection.
     drop_path : float
         Stochastic-depth probability of both residual branches.
+    layer_norm_eps : float
+        Epsilon of the two LayerNorms.
 
     Example
     -------
@@ -126,12 +154,13 @@ class Block(nn.Module):
         qkv_bias: bool = True,
         drop: float = 0.0,
         drop_path: float = 0.0,
+        layer_norm_eps: float = 1e-6,
     ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, proj_drop=drop)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(
             nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(drop), nn.Linear(hidden, dim)
@@ -173,6 +202,9 @@ class ViT(Backbone):
         Dropout after the positional embedding, in the MLPs and after attention projections.
     drop_path_rate : float
         Stochastic depth, increasing linearly from 0 to this value over the blocks.
+    layer_norm_eps : float
+        Epsilon of every LayerNorm: 1e-6 (ours, timm) or 1e-12 (``transformers``, the
+        published checkpoints).
 
     Example
     -------
@@ -197,6 +229,7 @@ class ViT(Backbone):
         qkv_bias: bool = True,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        layer_norm_eps: float = 1e-6,
     ):
         super().__init__()
         if img_size % patch_size:
@@ -210,17 +243,26 @@ class ViT(Backbone):
         self.grid_size = img_size // patch_size
         self.num_patches = self.grid_size**2
         self.embedding_dim = embed_dim
+        self.layer_norm_eps = layer_norm_eps
 
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop=drop_rate, drop_path=dpr[i])
+            Block(
+                embed_dim,
+                num_heads,
+                mlp_ratio,
+                qkv_bias,
+                drop=drop_rate,
+                drop_path=dpr[i],
+                layer_norm_eps=layer_norm_eps,
+            )
             for i in range(depth)
         )
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
 
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -245,6 +287,39 @@ class ViT(Backbone):
     def input_from_spectrogram(self, X: torch.Tensor) -> torch.Tensor:
         """(B, frames, bins) log1p spectrogram -> (B, in_chans, img_size, img_size) image."""
         return spectrogram_to_image(X, size=self.img_size, channels=self.in_chans)
+
+    def convert_published_state_dict(self, state: dict) -> dict:
+        """Map a ``transformers.ViTModel`` state dict (keys ``embeddings.*``,
+        ``encoder.layer.*``: the published ``embedding_model.ckpt``) onto this model's keys;
+        ours pass unchanged.
+
+        Query, key and value are concatenated into ``qkv``; the unused pooler is dropped; the
+        3-channel patch embedding is summed to one channel when ``in_chans`` is 1 (the
+        published input repeats the spectrogram on 3 channels, so the outputs are the same).
+        """
+        if "embeddings.cls_token" not in state:
+            return state
+        if self.layer_norm_eps != HF_LAYER_NORM_EPS:
+            logger.warning(
+                "Loading a transformers ViT checkpoint into a ViT with layer_norm_eps=%g; the "
+                "published model used %g (set layer_norm_eps: %g for the same outputs).",
+                self.layer_norm_eps,
+                HF_LAYER_NORM_EPS,
+                HF_LAYER_NORM_EPS,
+            )
+        state = {k: v for k, v in state.items() if k not in _PUBLISHED_UNUSED}
+        state = rename_state_dict_keys(state, _PUBLISHED_KEY_RULES)
+        for i in range(len(self.blocks)):
+            for kind in ("weight", "bias"):
+                parts = [f"blocks.{i}.attn.{name}.{kind}" for name in ("query", "key", "value")]
+                if all(part in state for part in parts):
+                    # (3 D, D) weight / (3 D,) bias, rows ordered q, k, v as Attention splits
+                    state[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([state.pop(p) for p in parts])
+        if "patch_embed.weight" in state:
+            state["patch_embed.weight"] = fold_input_channels(
+                state["patch_embed.weight"], self.in_chans
+            )
+        return state
 
     def forward(self, x: torch.Tensor, return_maps: bool = False) -> BackboneOutput:
         """Embed a batch of images.
