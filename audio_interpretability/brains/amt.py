@@ -43,6 +43,7 @@ __all__ = [
     "OverlapPairs",
     "normalize_per_sample",
     "overlap_pairs",
+    "overlap_type_for",
     "overlap_weights",
     "quantile_mask",
 ]
@@ -186,6 +187,20 @@ def overlap_weights(
         first = (t < (lengths[:, None] // 2)).float()  # (B, T)
         return first, valid - first
     raise ValueError(f"Unknown overlap_type {overlap_type!r}; choose one of {list(OVERLAP_TYPES)}.")
+
+
+def overlap_type_for(concat_sources: bool) -> str:
+    """The ``overlap_type`` of the published ``concat_sources`` flag.
+
+    Published: ``concat_sources: True`` overlaps the first half of s1 with the second half of
+    s2, ``False`` mixes them 0.8 / 0.2.
+
+    Example
+    -------
+    >>> overlap_type_for(True), overlap_type_for(False)
+    ('concat', 'mixture')
+    """
+    return "concat" if concat_sources else "mixture"
 
 
 def overlap_pairs(labels: Sequence) -> list[tuple[int, int]]:

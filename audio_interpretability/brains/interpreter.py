@@ -155,6 +155,7 @@ class InterpreterBrain(sb.Brain):
         self.metrics_folder = Path(self.hparams.output_folder)
         self.noise = None
         self.saved_count = 0
+        self._interpretations_folder: Path | None = None  # where this stage saves (None: not)
         self.metric_accumulator = None
         self.mask_dependence = M.MaskDependence()
         self._swap_bank: list = []
@@ -348,7 +349,7 @@ class InterpreterBrain(sb.Brain):
         if stage != sb.Stage.TRAIN:
             with torch.no_grad():
                 self.update_metrics(predictions, batch, stage)
-                if stage == sb.Stage.TEST:
+                if self._interpretations_folder is not None:
                     self.save_batch_interpretations(predictions, batch)
         return loss
 
@@ -441,8 +442,16 @@ class InterpreterBrain(sb.Brain):
             return str(index)
         return str(self.label_encoder.ind2lab[int(index)])
 
+    def interpretations_folder(self, stage, epoch=None) -> Path | None:
+        """Where ``stage`` saves interpretations, or None: at TEST
+        ``<metrics_folder>/interpretations``; trainable interpreters may add VALID epochs."""
+        if stage == sb.Stage.TEST:
+            return self.metrics_folder / "interpretations"
+        return None
+
     def save_batch_interpretations(self, out: Interpretation, batch) -> None:
-        """Save WAVs and a PNG for the first ``n_saved_interpretations`` test samples."""
+        """Save WAVs and a PNG for the first ``n_saved_interpretations`` samples of the stage
+        (into :meth:`interpretations_folder`)."""
         if not self.hparams.save_interpretations:
             return
         budget = int(self.hparams.n_saved_interpretations) - self.saved_count
@@ -455,7 +464,7 @@ class InterpreterBrain(sb.Brain):
         wav_int = self.hparams.frontend.invert(torch.expm1(out.X_int[:n]), out.phase[:n], length)
         labels = batch.class_string_encoded.data.view(-1)
         preds = out.logits.argmax(dim=-1)
-        folder = self.metrics_folder / "interpretations"
+        folder = self._interpretations_folder or self.metrics_folder / "interpretations"
         for i in range(n):
             name = (
                 f"{batch.id[i]}_true-{self.class_name(labels[i])}_pred-{self.class_name(preds[i])}"
@@ -487,7 +496,8 @@ class InterpreterBrain(sb.Brain):
             self.metric_accumulator = M.MetricAccumulator()
             self.mask_dependence = M.MaskDependence()
             self._swap_bank = []
-        if stage == sb.Stage.TEST:
+        self._interpretations_folder = self.interpretations_folder(stage, epoch)
+        if self._interpretations_folder is not None:
             self.saved_count = 0
 
     def summarize_stage(self, stage, stage_loss) -> dict:

@@ -654,6 +654,14 @@ class LMAC(InterpreterBrain):
             return out / FINETUNING_FOLDER
         return out
 
+    def interpretations_folder(self, stage, epoch=None) -> Path | None:
+        """Base (TEST) plus, as published, validation every ``interpret_period`` epochs (0:
+        never): ``<run_folder>/valid_interpretations/epoch_<N>``."""
+        period = int(self.hparams.interpret_period)
+        if stage == sb.Stage.VALID and period > 0 and epoch is not None and epoch % period == 0:
+            return self.run_folder / "valid_interpretations" / f"epoch_{epoch}"
+        return super().interpretations_folder(stage, epoch)
+
     def on_stage_start(self, stage, epoch=None):
         """Base bookkeeping plus a fresh count of the samples passing the guidance gate."""
         super().on_stage_start(stage, epoch)

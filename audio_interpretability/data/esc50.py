@@ -173,6 +173,7 @@ def prepare_esc50(
     train_fold_nums: Sequence[int] = (1, 2, 3),
     valid_fold_nums: Sequence[int] = (4,),
     test_fold_nums: Sequence[int] = (5,),
+    audio_data_folder: str | None = None,
 ) -> None:
     """Write SpeechBrain JSON manifests for the train / valid / test fold splits of ESC-50.
 
@@ -189,6 +190,9 @@ def prepare_esc50(
         Output manifest paths.
     train_fold_nums, valid_fold_nums, test_fold_nums : sequence of int
         Folds (1..5) of each split; non-empty and pairwise disjoint.
+    audio_data_folder : str, optional
+        Folder of the clips named in ``meta/esc50.csv`` (default ``<data_folder>/audio``; the
+        published recipes' key of the same name).
 
     Raises
     ------
@@ -224,9 +228,11 @@ def prepare_esc50(
             "meta/esc50.csv and audio/"
         )
     outputs = {"train": save_json_train, "valid": save_json_valid, "test": save_json_test}
+    audio_folder = os.path.abspath(audio_data_folder or os.path.join(data_folder, "audio"))
     csv_stat = os.stat(csv_path)
     signature = {
         "data_folder": data_folder,
+        "audio_data_folder": audio_folder,
         "csv_size": csv_stat.st_size,
         "csv_mtime_ns": csv_stat.st_mtime_ns,
         "has_stems": os.path.isdir(os.path.join(data_folder, "stems")),
@@ -254,7 +260,7 @@ def prepare_esc50(
         split = split_of_fold.get(row["fold"])
         if split is None:
             continue
-        wav = os.path.join(data_folder, "audio", row["filename"])
+        wav = os.path.join(audio_folder, row["filename"])
         if not os.path.isfile(wav):
             raise FileNotFoundError(
                 f"{wav} is listed in {csv_path} but does not exist; restore the audio file "

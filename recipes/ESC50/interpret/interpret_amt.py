@@ -41,12 +41,14 @@ def main(argv=None) -> InterpreterESC50Brain:
     datasets = prepare_datasets(hparams, ("test",), label_encoder_file)
 
     brain = InterpreterESC50Brain(
-        modules={},
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],  # as published; nothing is trained
         hparams=hparams,
         run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
         label_encoder=datasets["label_encoder"],
     )
-    loader_kwargs = dict(hparams["test_dataloader_options"])
+    loader_kwargs = dict(hparams["dataloader_options"])
     brain.evaluate(datasets["test"], test_loader_kwargs=dict(loader_kwargs))
     if hparams["overlap_test"]:
         brain.evaluate_overlap(datasets["test"], loader_kwargs)
