@@ -12,6 +12,9 @@ never branch on the model type:
 * ``backbone.saliency(maps, **options)`` aggregates those maps into one (B, h, w) saliency map
   oriented like the spectrogram (time first, frequency second), for AMT.
 
+For loading, ``backbone.convert_published_state_dict(state)`` maps a state dict saved by
+SpeechBrain's ESC-50 recipes onto the backbone's keys (identity by default).
+
 Authors
 * audio_interpretability contributors
 """
