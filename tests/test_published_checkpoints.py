@@ -74,6 +74,26 @@ def _load(hparams) -> torch.nn.Module:
     return model.eval()
 
 
+def _load_recipe(name: str, args: list, paths: dict, tmp_path):
+    """Parse a command line as the recipes do (``hparams/<name> --key value ...``) and load
+    the published files: AMT through its ``embedding_model_path`` / ``classifier_model_path``
+    keys, the classification YAML (which has none) through :func:`load_classifier`."""
+    from audio_interpretability.recipe_utils import load_recipe
+
+    argv = [str(HPARAMS / name), "--data_folder", str(tmp_path), "--output_folder",
+            str(tmp_path / "out"), "--out_n_neurons", str(N_CLASSES), "--num_threads", "0",
+            *args]  # fmt: skip
+    if name.startswith("amt_"):
+        argv += ["--embedding_model_path", paths["embedding_model_path"],
+                 "--classifier_model_path", paths["classifier_model_path"]]  # fmt: skip
+    hparams, _ = load_recipe(argv, create_experiment=False)
+    if name.startswith("amt_"):
+        return hparams, _load(hparams)
+    model = hparams["model"]
+    load_classifier(model.embedding_model, model.classifier, **paths)
+    return hparams, model.eval()
+
+
 def _close(mine, theirs):
     assert mine.shape == theirs.shape
     torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
@@ -198,6 +218,44 @@ def test_published_focalnet_refuses_a_model_that_pools_the_final_norm(tmp_path):
         )
 
 
+@needs_transformers
+@pytest.mark.parametrize("name", ["amt_focalnet.yaml", "classifier_focalnet.yaml"])
+def test_focalnet_loads_through_the_yaml_with_the_released_options(tmp_path, name):
+    reference = _randomise(transformers.FocalNetBackbone(_tiny_focalnet_config()))
+    head = _randomise(EcapaClassifier(input_size=64, lin_blocks=1, out_neurons=N_CLASSES), 2)
+    paths = _save_published(tmp_path, reference, head)
+    hparams, model = _load_recipe(
+        name,
+        # the released checkpoint's options (docs/COMING_FROM_SPEECHBRAIN.md), tiny sizes
+        ["--final_norm", "False", "--cosine_lin_blocks", "1"]
+        + ["--img_size", "32", "--patch_size", "4", "--embed_dim", "8"]
+        + ["--depths", "[1, 1, 2, 1]"],
+        paths,
+        tmp_path,
+    )
+    assert hparams["final_norm"] is False and hparams["cosine_lin_blocks"] == 1
+    image = torch.randn(2, 1, 32, 32)
+    modulators = []
+    hooks = [
+        stage.layers[-1].modulation.projection_context.register_forward_hook(
+            lambda module, args, output: modulators.append(output)
+        )
+        for stage in reference.focalnet.encoder.stages
+    ]
+    with torch.no_grad():
+        features = reference(image.expand(-1, 3, -1, -1)).feature_maps[-1]
+        reference_embedding = features.mean(dim=(-1, -2))
+        reference_cosines = head(reference_embedding).squeeze(1)
+        out = model.embedding_model(image, return_maps=True)
+        logits = model.classifier(out.embedding)
+    for hook in hooks:
+        hook.remove()
+    _close(out.embedding, reference_embedding)
+    _close(logits, hparams["cosine_scale"] * reference_cosines)
+    for mine, theirs in zip(out.maps, modulators, strict=True):
+        _close(mine, theirs)
+
+
 def test_ecapa_head_with_other_lin_blocks_names_the_fix(tmp_path):
     torch.save(
         EcapaClassifier(input_size=16, lin_blocks=1, out_neurons=3).state_dict(),
@@ -267,7 +325,37 @@ def test_vit_model_and_ecapa_head(tmp_path, in_chans):
 
 
 @needs_transformers
-def test_vit_yaml_loads_the_published_layout(tmp_path):
+@pytest.mark.parametrize("name", ["amt_vit.yaml", "classifier_vit.yaml"])
+def test_vit_loads_through_the_yaml_with_the_released_options(tmp_path, name):
+    reference = _randomise(_tiny_vit())
+    head = _randomise(EcapaClassifier(input_size=32, lin_blocks=1, out_neurons=N_CLASSES), 2)
+    paths = _save_published(tmp_path, reference, head)
+    hparams, model = _load_recipe(
+        name,
+        # the released checkpoint's options (docs/COMING_FROM_SPEECHBRAIN.md), tiny sizes
+        ["--layer_norm_eps", "1e-12", "--cosine_lin_blocks", "1"]
+        + ["--img_size", "32", "--patch_size", "8", "--embed_dim", "32", "--depth", "2"]
+        + ["--num_heads", "4"],
+        paths,
+        tmp_path,
+    )
+    assert hparams["layer_norm_eps"] == 1e-12 and hparams["cosine_lin_blocks"] == 1
+    image = torch.randn(2, 1, 32, 32)  # in_chans 1: the 3-channel patch embedding is summed
+    with torch.no_grad():
+        reference_out = reference(image.expand(-1, 3, -1, -1), output_attentions=True)
+        reference_embedding = reference_out.last_hidden_state.mean(dim=1)
+        reference_cosines = head(reference_embedding).squeeze(1)
+        out = model.embedding_model(image, return_maps=True)
+        logits = model.classifier(out.embedding)
+    _close(out.embedding, reference_embedding)
+    _close(logits, hparams["cosine_scale"] * reference_cosines)
+    for mine, theirs in zip(out.maps, reference_out.attentions, strict=True):
+        _close(mine, theirs)
+
+
+@needs_transformers
+def test_vit_yaml_defaults_load_the_published_layout_only_approximately(tmp_path):
+    """Without --layer_norm_eps 1e-12 the backbone loads (our epsilon, 1e-6): close, not equal."""
     reference = _randomise(_tiny_vit())
     head = _randomise(EcapaClassifier(input_size=32, lin_blocks=0, out_neurons=N_CLASSES), 2)
     paths = _save_published(tmp_path, reference, head)
@@ -285,12 +373,11 @@ def test_vit_yaml_loads_the_published_layout(tmp_path):
             "output_folder": str(tmp_path / "out"),
         },
     )
-    model = _load(hparams)  # in_chans 1: the 3-channel patch embedding is summed
+    model = _load(hparams)
     image = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         expected = reference(image.expand(-1, 3, -1, -1)).last_hidden_state.mean(dim=1)
         embedding = model.embedding_model(image).embedding
-    # The YAML's ViT keeps our LayerNorm epsilon (1e-6 vs transformers' 1e-12): close, not equal.
     torch.testing.assert_close(embedding, expected, atol=1e-3, rtol=1e-3)
 
 
