@@ -199,6 +199,23 @@ def _check_use_pretrained(hparams: dict) -> None:
             )
 
 
+def wham_test_split(hparams: dict) -> str:
+    """The WHAM! split of the test noise: ``wham_test_split``, or ``wham_split`` when null.
+
+    The published recipes draw the test noise from ``wham_audio_folder``, the training noise
+    (``<wham_folder>/tr``), so ``null`` (the default of ``hparams/lmac_cnn14.yaml``) keeps that;
+    ``tt`` tests on WHAM!'s recordings never seen in training (docs/DIFFERENCES.md, L7).
+
+    Example
+    -------
+    >>> wham_test_split({"wham_split": "tr", "wham_test_split": None})
+    'tr'
+    >>> wham_test_split({"wham_split": "tr", "wham_test_split": "tt"})
+    'tt'
+    """
+    return hparams.get("wham_test_split") or hparams["wham_split"]
+
+
 def wham_split_of(wham_audio_folder: str, wham_folder: str) -> str:
     """The WHAM! split (``tr``, ``cv`` or ``tt``) that ``wham_audio_folder`` names.
 

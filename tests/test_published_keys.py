@@ -23,7 +23,12 @@ from hyperpyyaml import load_hyperpyyaml
 from audio_interpretability.checkpoints import export_classifier
 from audio_interpretability.models.cnn14 import Cnn14
 from audio_interpretability.models.heads import LinearHead
-from audio_interpretability.recipe_utils import check_published_keys, load_recipe, wham_split_of
+from audio_interpretability.recipe_utils import (
+    check_published_keys,
+    load_recipe,
+    wham_split_of,
+    wham_test_split,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_DIR = ROOT / "recipes" / "ESC50" / "interpret"
@@ -155,6 +160,22 @@ def test_wham_audio_folder_names_the_split(tmp_path, tiny_wham):
                 tmp_path, add_wham_noise=True, wham_folder=tiny_wham, wham_audio_folder=parent
             )
         )
+
+
+def test_test_noise_is_the_training_split_by_default(tmp_path, tiny_wham):
+    """As published, the test noise comes from wham_audio_folder (the training split);
+    --wham_test_split tt is the explicit option (docs/DIFFERENCES.md, L7)."""
+    hparams = tiny_lmac(tmp_path, add_wham_noise=True, wham_folder=tiny_wham)
+    check_published_keys(hparams)
+    assert hparams["wham_test_split"] is None and wham_test_split(hparams) == "tr"
+    hparams = tiny_lmac(
+        tmp_path, add_wham_noise=True, wham_folder=tiny_wham, wham_audio_folder=f"{tiny_wham}/cv"
+    )
+    check_published_keys(hparams)
+    assert wham_test_split(hparams) == "cv"
+    hparams = tiny_lmac(tmp_path, add_wham_noise=True, wham_folder=tiny_wham, wham_test_split="tt")
+    check_published_keys(hparams)
+    assert wham_test_split(hparams) == "tt" and hparams["wham_split"] == "tr"
 
 
 def test_tensorboard_logs(tmp_path):

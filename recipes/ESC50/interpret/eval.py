@@ -35,9 +35,10 @@ setting                    ``eval_protocol: published``     ``eval_protocol: our
 =========================  ===============================  ================================
 
 WHAM! noise is mixed in the forward pass at ``wham_snr_db`` (0 dB) from split
-``wham_test_split``. ``overlap_type`` takes the published names (``speech`` is an alias of
-``LJSpeech``; ``all`` = every type; ``none`` = in-domain only). LJSpeech is never downloaded:
-``--ljspeech_path`` must hold ``LJSpeech-1.1`` (checked before any work).
+``wham_test_split`` (default ``null``: ``wham_split``, the training noise, as published;
+``tt`` for WHAM!'s test recordings). ``overlap_type`` takes the published names (``speech``
+is an alias of ``LJSpeech``; ``all`` = every type; ``none`` = in-domain only). LJSpeech is
+never downloaded: ``--ljspeech_path`` must hold ``LJSpeech-1.1`` (checked before any work).
 ``<output_folder>/eval_metrics.json`` gathers every setting's metrics; the protocol is recorded
 in ``<output_folder>/hyperparams.yaml``. The classifier and the decoder are built from the
 YAML (same overrides as for training) and loaded from ``embedding_model_path`` /
@@ -63,7 +64,7 @@ from audio_interpretability.data.ood import (
     check_eval_protocol,
     overlap_types,
 )
-from audio_interpretability.recipe_utils import load_recipe, prepare_datasets
+from audio_interpretability.recipe_utils import load_recipe, prepare_datasets, wham_test_split
 
 __all__ = ["LMAC", "evaluation_runs", "main"]
 
@@ -184,7 +185,7 @@ def main(argv=None) -> dict:
             os.path.join(hparams["output_folder"], name),
             hparams["test_dataloader_options"],
             add_wham_noise=noisy,
-            wham_split=hparams["wham_test_split"],
+            wham_split=wham_test_split(hparams),
         )
     path = os.path.join(hparams["output_folder"], "eval_metrics.json")
     with open(path + ".tmp", "w", encoding="utf-8") as f:

@@ -22,8 +22,9 @@ Every hyperparameter can be overridden on the command line and SpeechBrain's run
 its last checkpoint in ``<save_folder>``. The best decoder (``ckpt_key`` / ``ckpt_mode``) is
 exported to ``<save_folder>/psi_model.ckpt`` and evaluated on ``test_fold_nums``:
 
-* ``<output_folder>/test_metrics.json``: the main setting (with WHAM! noise from the held-out
-  ``wham_test_split`` when ``add_wham_noise``, else the clean clips);
+* ``<output_folder>/test_metrics.json``: the main setting (with WHAM! noise from split
+  ``wham_test_split``, default: ``wham_split`` as published, when ``add_wham_noise``, else the
+  clean clips);
 * ``<output_folder>/clean/test_metrics.json``: the clean clips (only with ``add_wham_noise``).
 
 Authors
@@ -33,7 +34,7 @@ Authors
 import os
 
 from audio_interpretability.brains.lmac import LMAC, evaluate_setting
-from audio_interpretability.recipe_utils import load_recipe, prepare_datasets
+from audio_interpretability.recipe_utils import load_recipe, prepare_datasets, wham_test_split
 
 __all__ = ["LMAC", "main"]
 
@@ -80,7 +81,7 @@ def main(argv=None) -> dict:
             folder,
             hparams["test_dataloader_options"],
             add_wham_noise=noisy,
-            wham_split=hparams["wham_test_split"],
+            wham_split=wham_test_split(hparams),
             **brain.best_checkpoint_key(),
         )
     return results
