@@ -315,6 +315,10 @@ def test_vit_model_and_ecapa_head(tmp_path, in_chans):
         logits = our_head(out.embedding)
     _close(out.embedding, reference_embedding)
     _close(logits, reference_logits)
+    # The pooler is loaded too (not dropped): the same pooler_output as ViTModel.
+    with torch.no_grad():
+        _close(ours.pool(ours.tokens(image.expand(-1, in_chans, -1, -1))[0]),
+               reference_out.pooler_output)
     assert len(out.maps) == len(reference_out.attentions) == 2
     for mine, theirs in zip(out.maps, reference_out.attentions):
         _close(mine, theirs)
@@ -396,7 +400,30 @@ def test_paper_size_backbones_have_the_published_parameter_counts():
         hf_vit = transformers.ViTModel(transformers.ViTConfig())
         focalnet_1ch = FocalNet.from_config("base", in_chans=1)
     assert count(focalnet) == count(hf_focalnet) == 87_123_144  # 87.1 M
-    pooler = 768 * 768 + 768  # ViTModel's pooler, unused by the recipe, dropped on load
-    assert count(vit) + pooler == count(hf_vit) == 86_389_248  # 86.4 M
+    assert count(vit) == count(hf_vit) == 86_389_248  # 86.4 M, pooler included
+    assert count(vit.pooler) == 768 * 768 + 768
     # Our 1-channel default differs only in the stem / patch embedding.
     assert count(focalnet) - count(focalnet_1ch) == 2 * 128 * 16
+
+
+def test_vit_checkpoint_of_ours_without_the_pooler_still_loads(tmp_path):
+    """ViT checkpoints saved before the pooler was part of the model load strictly (the
+    pooler's output is unused, so the outputs are unchanged)."""
+    ours = _randomise(ViT.from_config("tiny-cpu"))
+    head = CosineHead(64, N_CLASSES)
+    old = {k: v for k, v in ours.state_dict().items() if not k.startswith("pooler.")}
+    torch.save(old, tmp_path / "embedding_model.ckpt")
+    torch.save(head.state_dict(), tmp_path / "classifier.ckpt")
+    loaded = ViT.from_config("tiny-cpu")
+    load_classifier(
+        loaded,
+        CosineHead(64, N_CLASSES),
+        str(tmp_path / "embedding_model.ckpt"),
+        str(tmp_path / "classifier.ckpt"),
+    )
+    image = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        _close(loaded.eval()(image).embedding, ours.eval()(image).embedding)
+    fresh = ViT.from_config("tiny-cpu")
+    fresh.load_state_dict(old, strict=True)  # the pre-hook: SpeechBrain's recoverables
+    assert not any(p.requires_grad for p in fresh.pooler.parameters())

@@ -60,10 +60,12 @@ _PUBLISHED_KEY_RULES = (
     (r"\.layernorm_before\.", ".norm1."),
     (r"\.layernorm_after\.", ".norm2."),
     (r"^layernorm\.", "norm."),
+    (r"^pooler\.dense\.", "pooler."),
 )
-#: Keys of ``ViTModel``'s pooler (dense + tanh on the CLS token): the published recipe never
-#: uses it (its embedding is the token mean of ``last_hidden_state``), so it is dropped.
-_PUBLISHED_UNUSED = ("pooler.dense.weight", "pooler.dense.bias")
+#: Keys of the pooler (``ViTModel``'s dense + tanh on the CLS token). The published recipe
+#: never uses its output (its embedding is the token mean of ``last_hidden_state``), but the
+#: weights are part of the model and of the released files (86.4 M parameters with them).
+_POOLER_KEYS = ("pooler.weight", "pooler.bias")
 
 
 class Attention(nn.Module):
@@ -177,6 +179,27 @@ class Block(nn.Module):
         return x, probs
 
 
+def _with_pooler(model: ViT, state: dict, prefix: str = "") -> dict:
+    """``state`` with ``model``'s pooler added when it is a state dict of ours without one
+    (saved before the pooler was part of :class:`ViT`); the pooler's output is unused, so
+    the model computes the same as before."""
+    if prefix + "cls_token" in state and not any(prefix + k in state for k in _POOLER_KEYS):
+        state = dict(state)
+        for key in _POOLER_KEYS:
+            state[prefix + key] = model.state_dict()[key].detach().clone()
+    return state
+
+
+def _keep_pooler_if_absent(module, state_dict, prefix, *args) -> None:
+    """``load_state_dict`` pre-hook: a checkpoint of ours without the pooler keeps loading
+    strictly (e.g. SpeechBrain's recoverables when resuming an older run)."""
+    if prefix + "cls_token" in state_dict and not any(
+        prefix + k in state_dict for k in _POOLER_KEYS
+    ):
+        for key in _POOLER_KEYS:
+            state_dict[prefix + key] = getattr(module.pooler, key.split(".")[1]).detach().clone()
+
+
 class ViT(Backbone):
     """Vision Transformer backbone on the resized log1p spectrogram.
 
@@ -263,6 +286,13 @@ class ViT(Backbone):
             for i in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+        # ViTModel's pooler (dense + tanh on the CLS token, :meth:`pool`): part of the
+        # published model and its files, but its output is used by neither the published recipe
+        # nor ours (the embedding is the token mean), so it is frozen (no gradient ever reaches
+        # it; frozen, it also keeps DDP's unused-parameter check quiet).
+        self.pooler = nn.Linear(embed_dim, embed_dim)
+        self.pooler.requires_grad_(False)
+        self._register_load_state_dict_pre_hook(_keep_pooler_if_absent, with_module=True)
 
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -291,14 +321,15 @@ class ViT(Backbone):
     def convert_published_state_dict(self, state: dict) -> dict:
         """Map a ``transformers.ViTModel`` state dict (keys ``embeddings.*``,
         ``encoder.layer.*``: the published ``embedding_model.ckpt``) onto this model's keys;
-        ours pass unchanged.
+        ours pass unchanged, except that a state dict of ours saved before the pooler existed
+        gets this model's (unused) pooler, so those checkpoints keep loading strictly.
 
-        Query, key and value are concatenated into ``qkv``; the unused pooler is dropped; the
-        3-channel patch embedding is summed to one channel when ``in_chans`` is 1 (the
+        Query, key and value are concatenated into ``qkv``; ``pooler.dense`` becomes ``pooler``
+        (loaded, not dropped); the 3-channel patch embedding is summed to one channel when ``in_chans`` is 1 (the
         published input repeats the spectrogram on 3 channels, so the outputs are the same).
         """
         if "embeddings.cls_token" not in state:
-            return state
+            return _with_pooler(self, state)
         if self.layer_norm_eps != HF_LAYER_NORM_EPS:
             logger.warning(
                 "Loading a transformers ViT checkpoint into a ViT with layer_norm_eps=%g; the "
@@ -307,7 +338,6 @@ class ViT(Backbone):
                 HF_LAYER_NORM_EPS,
                 HF_LAYER_NORM_EPS,
             )
-        state = {k: v for k, v in state.items() if k not in _PUBLISHED_UNUSED}
         state = rename_state_dict_keys(state, _PUBLISHED_KEY_RULES)
         for i in range(len(self.blocks)):
             for kind in ("weight", "bias"):
@@ -344,6 +374,14 @@ class ViT(Backbone):
                 f"{tuple(x.shape)}; build it from a spectrogram with "
                 "model.input_from_spectrogram(X)."
             )
+        tokens, maps = self.tokens(x, return_maps=return_maps)
+        return BackboneOutput(embedding=tokens.mean(dim=1), maps=maps)
+
+    def tokens(
+        self, x: torch.Tensor, return_maps: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(B, in_chans, img_size, img_size) image -> ((B, N + 1, D) final normed tokens, HF's
+        ``last_hidden_state``; the per-layer attention maps or ``()``)."""
         B = x.shape[0]
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, N + 1, D)
@@ -353,8 +391,12 @@ class ViT(Backbone):
             x, probs = block(x, return_attention=return_maps)
             if return_maps:
                 maps.append(probs)
-        x = self.norm(x)  # (B, N + 1, D)
-        return BackboneOutput(embedding=x.mean(dim=1), maps=tuple(maps))
+        return self.norm(x), tuple(maps)  # (B, N + 1, D)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N + 1, D) tokens of :meth:`tokens` -> (B, D) ``tanh(pooler(CLS))``, HF's
+        ``pooler_output``. Not used by the recipes (published or ours)."""
+        return torch.tanh(self.pooler(tokens[:, 0]))
 
     def saliency(
         self, maps: tuple, layers: Sequence[int] = (-1,), method: str = "mean"
