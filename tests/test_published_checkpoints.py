@@ -220,15 +220,15 @@ def test_published_focalnet_refuses_a_model_that_pools_the_final_norm(tmp_path):
 
 @needs_transformers
 @pytest.mark.parametrize("name", ["amt_focalnet.yaml", "classifier_focalnet.yaml"])
-def test_focalnet_loads_through_the_yaml_with_the_released_options(tmp_path, name):
+def test_focalnet_loads_through_the_yaml_defaults(tmp_path, name):
     reference = _randomise(transformers.FocalNetBackbone(_tiny_focalnet_config()))
     head = _randomise(EcapaClassifier(input_size=64, lin_blocks=1, out_neurons=N_CLASSES), 2)
     paths = _save_published(tmp_path, reference, head)
     hparams, model = _load_recipe(
         name,
-        # the released checkpoint's options (docs/COMING_FROM_SPEECHBRAIN.md), tiny sizes
-        ["--final_norm", "False", "--cosine_lin_blocks", "1"]
-        + ["--img_size", "32", "--patch_size", "4", "--embed_dim", "8"]
+        # the YAML defaults are the published architecture (final_norm False, one head
+        # block: docs/DIFFERENCES.md C5, C7); tiny sizes
+        ["--img_size", "32", "--patch_size", "4", "--embed_dim", "8"]
         + ["--depths", "[1, 1, 2, 1]"],
         paths,
         tmp_path,
@@ -330,15 +330,15 @@ def test_vit_model_and_ecapa_head(tmp_path, in_chans):
 
 @needs_transformers
 @pytest.mark.parametrize("name", ["amt_vit.yaml", "classifier_vit.yaml"])
-def test_vit_loads_through_the_yaml_with_the_released_options(tmp_path, name):
+def test_vit_loads_through_the_yaml_defaults(tmp_path, name):
     reference = _randomise(_tiny_vit())
     head = _randomise(EcapaClassifier(input_size=32, lin_blocks=1, out_neurons=N_CLASSES), 2)
     paths = _save_published(tmp_path, reference, head)
     hparams, model = _load_recipe(
         name,
-        # the released checkpoint's options (docs/COMING_FROM_SPEECHBRAIN.md), tiny sizes
-        ["--layer_norm_eps", "1e-12", "--cosine_lin_blocks", "1"]
-        + ["--img_size", "32", "--patch_size", "8", "--embed_dim", "32", "--depth", "2"]
+        # the YAML defaults are the published architecture (layer_norm_eps 1e-12, one head
+        # block: docs/DIFFERENCES.md C6, C7); tiny sizes
+        ["--img_size", "32", "--patch_size", "8", "--embed_dim", "32", "--depth", "2"]
         + ["--num_heads", "4"],
         paths,
         tmp_path,
@@ -358,8 +358,9 @@ def test_vit_loads_through_the_yaml_with_the_released_options(tmp_path, name):
 
 
 @needs_transformers
-def test_vit_yaml_defaults_load_the_published_layout_only_approximately(tmp_path):
-    """Without --layer_norm_eps 1e-12 the backbone loads (our epsilon, 1e-6): close, not equal."""
+def test_vit_yaml_with_our_options_loads_the_published_layout_only_approximately(tmp_path):
+    """With our options (--layer_norm_eps 1e-6 --cosine_lin_blocks 0) the published backbone
+    loads: close, not equal."""
     reference = _randomise(_tiny_vit())
     head = _randomise(EcapaClassifier(input_size=32, lin_blocks=0, out_neurons=N_CLASSES), 2)
     paths = _save_published(tmp_path, reference, head)
@@ -372,6 +373,8 @@ def test_vit_yaml_defaults_load_the_published_layout_only_approximately(tmp_path
             "embed_dim": 32,
             "depth": 2,
             "num_heads": 4,
+            "layer_norm_eps": 1e-6,
+            "cosine_lin_blocks": 0,
             "out_n_neurons": N_CLASSES,
             "data_folder": str(tmp_path),
             "output_folder": str(tmp_path / "out"),
