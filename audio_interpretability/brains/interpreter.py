@@ -464,7 +464,7 @@ class InterpreterBrain(sb.Brain):
         wav_int = self.hparams.frontend.invert(torch.expm1(out.X_int[:n]), out.phase[:n], length)
         labels = batch.class_string_encoded.data.view(-1)
         preds = out.logits.argmax(dim=-1)
-        folder = self._interpretations_folder or self.metrics_folder / "interpretations"
+        folder = self._interpretations_folder  # set by on_stage_start
         for i in range(n):
             name = (
                 f"{batch.id[i]}_true-{self.class_name(labels[i])}_pred-{self.class_name(preds[i])}"
