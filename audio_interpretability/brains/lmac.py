@@ -87,6 +87,7 @@ __all__ = [
     "REGULARIZERS",
     "SingleSampleResult",
     "cross_correlation",
+    "crosscor_gate",
     "evaluate_setting",
     "guidance_loss",
     "interpret_single_sample",
@@ -282,6 +283,23 @@ def guidance_loss(
     return (torch.sigmoid(logits) * X - clean_X).pow(2).mean(dim=(1, 2))
 
 
+@torch.no_grad()
+def crosscor_gate(
+    clean_X: torch.Tensor, X_int: torch.Tensor, crosscortype: str, crosscor_th: float
+) -> torch.Tensor:
+    """(B,) bool fine-tuning gate: ``cross_correlation(clean_X, X_int) >= crosscor_th``.
+
+    No gradient flows through the gate (as published: it is a 0/1 weight).
+
+    Example
+    -------
+    >>> s = torch.rand(2, 5, 4)
+    >>> crosscor_gate(s, s, "dotp", 0.6).tolist()
+    [True, True]
+    """
+    return cross_correlation(clean_X, X_int, crosscortype) >= float(crosscor_th)
+
+
 def lmac_loss(
     logits: torch.Tensor,
     logits_in: torch.Tensor,
@@ -355,8 +373,7 @@ def lmac_loss(
     mask = torch.sigmoid(mask_logits.float())  # (B, frames, bins)
     if finetuning:
         clean_X = X if clean_X is None else clean_X
-        with torch.no_grad():
-            gate = cross_correlation(clean_X, mask * X, crosscortype) >= float(crosscor_th)
+        gate = crosscor_gate(clean_X, mask * X, crosscortype, crosscor_th)
         guide = guidance_loss(mask_logits, X, clean_X, guidelosstype, float(bin_th))  # (B,)
         loss = loss + float(g_w) * (guide * gate).mean()
     else:
@@ -554,8 +571,7 @@ class LMAC(InterpreterBrain):
 
         ``crosscor(clean_X, X_int) >= crosscor_th`` (no gradient through the gate).
         """
-        with torch.no_grad():
-            return self.crosscor(clean_X, X_int) >= float(self.hparams.crosscor_th)
+        return crosscor_gate(clean_X, X_int, self.hparams.crosscortype, self.hparams.crosscor_th)
 
     def clean_reference(self, out: Interpretation) -> torch.Tensor:
         """(B, frames, bins) clean spectrogram the fine-tuning gate and guidance compare with.
