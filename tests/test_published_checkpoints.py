@@ -317,8 +317,10 @@ def test_vit_model_and_ecapa_head(tmp_path, in_chans):
     _close(logits, reference_logits)
     # The pooler is loaded too (not dropped): the same pooler_output as ViTModel.
     with torch.no_grad():
-        _close(ours.pool(ours.tokens(image.expand(-1, in_chans, -1, -1))[0]),
-               reference_out.pooler_output)
+        _close(
+            ours.pool(ours.tokens(image.expand(-1, in_chans, -1, -1))[0]),
+            reference_out.pooler_output,
+        )
     assert len(out.maps) == len(reference_out.attentions) == 2
     for mine, theirs in zip(out.maps, reference_out.attentions):
         _close(mine, theirs)
