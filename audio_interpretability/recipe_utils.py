@@ -47,11 +47,6 @@ FIXED_PUBLISHED_KEYS = {
         True,
         "L-MAC's decoder reads the CNN14's block outputs",
     ),
-    "int_method": (
-        "lmac",
-        "this toolkit implements L-MAC (train_lmac.py, eval.py) and AMT (interpret_amt.py); "
-        "L2I, PIQ and NMF are not implemented",
-    ),
 }
 
 

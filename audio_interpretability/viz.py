@@ -236,12 +236,14 @@ def save_interpretation(
     panels: Sequence[tuple[str, ArrayLike]],
     suptitle: str = "",
     hop_samples: int | None = None,
+    extra_wavs: dict[str, ArrayLike] | None = None,
 ) -> InterpretationFiles:
     """Write one clip's original and interpretation WAVs and its figure.
 
     Files: ``<folder>/<name>/original.wav``, ``<folder>/<name>/interpretation.wav``,
-    ``<folder>/<name>/<name>.png``. Every input is validated before the first file is
-    written, and each file is written atomically.
+    ``<folder>/<name>/<name>.png`` (and ``<folder>/<name>/<key>.wav`` for each of
+    ``extra_wavs``). Every input is validated before the first file is written, and each file
+    is written atomically.
 
     Arguments
     ---------
@@ -261,6 +263,9 @@ def save_interpretation(
         Figure title.
     hop_samples : int, optional
         STFT hop in samples; when given, figure axes are in seconds and Hz.
+    extra_wavs : dict, optional
+        More ``{file stem: (T,) waveform}`` to write beside them (e.g. the two sources of an
+        overlap test).
 
     Returns
     -------
@@ -288,8 +293,15 @@ def save_interpretation(
     prepared = _prepare_panels(panels)
     if hop_samples is not None and int(hop_samples) <= 0:
         raise ValueError(f"hop_samples must be positive, got {hop_samples}.")
+    extras = {}
+    for key, wav in (extra_wavs or {}).items():
+        if not _SAFE_NAME.match(key) or key in ("original", "interpretation"):
+            raise ValueError(f"extra_wavs key {key!r} is not a free plain file stem.")
+        extras[key] = _prepare_wav(wav, key)
 
     clip_folder = Path(folder) / name
+    for key, wav in extras.items():
+        _write_wav(clip_folder / f"{key}.wav", wav, int(sample_rate))
     return InterpretationFiles(
         original=_write_wav(clip_folder / "original.wav", orig, int(sample_rate)),
         interpretation=_write_wav(clip_folder / "interpretation.wav", interp, int(sample_rate)),

@@ -11,13 +11,9 @@ import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.train_logger import FileTrainLogger
 
-from audio_interpretability.brains.amt import (
-    InterpreterESC50Brain,
-    overlap_pairs,
-    overlap_weights,
-    quantile_mask,
-)
+from audio_interpretability.brains.amt import InterpreterESC50Brain, quantile_mask
 from audio_interpretability.checkpoints import export_classifier
+from audio_interpretability.data.overlap import overlap_pairs, overlap_weights
 from audio_interpretability.data.synthetic import class_params
 from audio_interpretability.features import Frontend
 from audio_interpretability.models import AudioClassifier, Backbone, BackboneOutput, CosineHead
@@ -229,8 +225,8 @@ SIZES = {
 @pytest.mark.parametrize(
     "model, extra",
     [
-        ("focalnet", ["--overlap_type", "mixture"]),
-        ("vit", ["--overlap_type", "concat", "--quantile", "0.8",
+        ("focalnet", ["--overlap_test_type", "mixture"]),
+        ("vit", ["--overlap_test_type", "concat", "--quantile", "0.8",
                  "--saliency_options", "{layers: [-2, -1], method: rollout}"]),
     ],
 )  # fmt: skip
@@ -272,7 +268,7 @@ def test_recipe_end_to_end(model, extra, tiny_esc50, tmp_path):
         assert 0.0 <= overlap[key] <= 1.0 or key == "FF"
     assert overlap["pred_is_s1"] + overlap["pred_is_s2"] <= 1.0
     (pair,) = (out / "overlap").iterdir()
-    for name in ("mixture", "s1", "s2", "interpretation"):
+    for name in ("original", "s1", "s2", "interpretation"):  # original: the mixture
         wav, _ = sf.read(pair / f"{name}.wav")
         assert wav.shape == (16000,)
     assert (pair / f"{pair.name}.png").stat().st_size > 0

@@ -223,7 +223,7 @@ def test_eval_errors(tmp_path, tiny_esc50, checkpoints, device, monkeypatch):
         raise AssertionError("the data or the brain were built before the error")
 
     monkeypatch.setattr(module, "prepare_datasets", no_work)
-    monkeypatch.setattr(module, "LMAC", no_work)
+    monkeypatch.setattr(module, "build_interpreter", no_work)
     main = module.main
     with pytest.raises(ValueError, match="unknown overlap_type"):
         main(eval_args(tmp_path / "a", checkpoints, device, overlap_type="reverb"))

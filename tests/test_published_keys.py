@@ -107,7 +107,6 @@ def tiny_lmac(tmp_path, **overrides) -> dict:
         ("use_melspectra_log1p", False, "--use_melspectra_log1p True"),
         ("use_stft2mel", False, "--use_stft2mel True"),
         ("return_reps", False, "--return_reps True"),
-        ("int_method", "l2i", "--int_method lmac"),
         ("interpret_period", -1, "interpret_period must be >= 0"),
     ],
 )
@@ -124,8 +123,8 @@ def test_amt_switches(tmp_path):
         with open(ROOT / "hparams" / "amt_focalnet.yaml", encoding="utf-8") as f:
             return load_hyperpyyaml(f, values)
 
-    assert amt()["overlap_type"] == "mixture"
-    assert amt(concat_sources=True)["overlap_type"] == "concat"
+    assert amt()["overlap_test_type"] == "mixture"
+    assert amt(concat_sources=True)["overlap_test_type"] == "concat"
     check_published_keys(amt(mask_th=0.15, lr=0.1, number_of_epochs=3))
     with pytest.raises(ValueError, match="mask_th must be in"):
         check_published_keys(amt(mask_th=1.5))
@@ -307,7 +306,7 @@ def test_readme_amt_commands(model, tmp_path, tiny_esc50, in_recipe_dir):
                      "n_saved_interpretations": 1, "output_folder": tmp_path / "out",
                      "pretrained_folder": pretrained})  # fmt: skip
     brain = run_readme(f"amt_{model}", {"/yourpath/ESC50": tiny_esc50}, extra)
-    assert brain.hparams.overlap_type == "mixture"  # concat_sources: False
+    assert brain.hparams.overlap_test_type == "mixture"  # concat_sources: False
     assert read_json(tmp_path / "out" / "test_metrics.json")["n_samples"] == 10.0
     assert (tmp_path / "out" / "overlap_metrics.json").is_file()
 

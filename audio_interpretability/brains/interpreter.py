@@ -19,6 +19,7 @@ Authors
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -115,6 +116,11 @@ class InterpreterBrain(sb.Brain):
         As :class:`speechbrain.Brain`.
     label_encoder : speechbrain.dataio.encoder.CategoricalEncoder, optional
         Names the classes in saved files and metrics.
+    noise : audio_interpretability.data.wham.WhamNoise, optional
+        The noise source mixed into every clip (training and evaluation). None: built once
+        from the YAML (:meth:`~audio_interpretability.data.wham.WhamNoise.from_hparams`, split
+        ``wham_split``) when ``add_wham_noise`` is set, else no noise. The evaluation of other
+        settings swaps it with :meth:`using_noise`; no hparam is rewritten at run time.
     """
 
     #: Whether :meth:`make_mask` needs the classifier's intermediate maps.
@@ -142,7 +148,7 @@ class InterpreterBrain(sb.Brain):
         "train_logger",
     )
 
-    def __init__(self, *args, label_encoder=None, **kwargs):
+    def __init__(self, *args, label_encoder=None, noise=None, **kwargs):
         super().__init__(*args, **kwargs)
         missing = [k for k in self.required_hparams if k not in self.hparams.__dict__]
         if missing:
@@ -153,7 +159,11 @@ class InterpreterBrain(sb.Brain):
             )
         self.label_encoder = label_encoder
         self.metrics_folder = Path(self.hparams.output_folder)
-        self.noise = None
+        if noise is None and self.hparams.add_wham_noise:
+            from audio_interpretability.data.wham import WhamNoise
+
+            noise = WhamNoise.from_hparams(self.hparams.__dict__)
+        self.noise = noise
         self.saved_count = 0
         self._interpretations_folder: Path | None = None  # where this stage saves (None: not)
         self.metric_accumulator = None
@@ -184,20 +194,18 @@ class InterpreterBrain(sb.Brain):
             load_classifier(model.embedding_model, model.classifier, emb_path, clf_path)
         model.to(self.device).eval().requires_grad_(False)
 
-    def _make_noise(self):
-        """Create the persistent WHAM! noise source when ``add_wham_noise`` is set."""
-        from audio_interpretability.data.wham import WhamNoise, check_wham_args
+    @contextlib.contextmanager
+    def using_noise(self, noise):
+        """Interpret with another noise source (None: the clean clips) inside the block.
 
-        add = bool(self.hparams.add_wham_noise)
-        folder = self.hparams.wham_folder
-        check_wham_args(add, folder)
-        if add and self.noise is None:
-            self.noise = WhamNoise(
-                folder,
-                sample_rate=self.hparams.frontend.sample_rate,
-                split=self.hparams.wham_split,
-                seed=int(self.hparams.seed),
-            )
+        Example: ``with brain.using_noise(None): brain.evaluate(...)`` scores the clean clips
+        of a brain trained with WHAM! noise.
+        """
+        saved, self.noise = self.noise, noise
+        try:
+            yield self
+        finally:
+            self.noise = saved
 
     # --------------------------------------------------------- published API
     def preprocess(self, wavs: torch.Tensor) -> Spectrogram:
@@ -211,6 +219,36 @@ class InterpreterBrain(sb.Brain):
     def invert_stft_with_phase(self, X_int: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
         """Listenable waveform (B, T) of an interpretation ``X_int = M * X`` (log1p domain)."""
         return self.hparams.frontend.invert(torch.expm1(X_int), phase)
+
+    def interpret(self, wavs: torch.Tensor) -> tuple[Spectrogram, ClassifierOutput, MaskOutput]:
+        """The interpretation pipeline, the one place it is written: front-end -> frozen
+        classifier (no gradient; maps when :attr:`needs_maps`) -> :meth:`make_mask`.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            (B, T) waveforms on the brain's device.
+
+        Returns
+        -------
+        spec : Spectrogram
+            Front-end output (``X``, ``magnitude``, ``phase``: (B, frames, bins)).
+        clf : ClassifierOutput
+            The classifier's logits (B, C) (and maps) on ``X``.
+        mask_out : MaskOutput
+            The mask (B, frames, bins), checked to match ``X``, and the interpreter's extras.
+        """
+        spec = self.preprocess(wavs)
+        with torch.no_grad():
+            clf = self.classifier_forward(spec.X, return_maps=self.needs_maps)
+        mask_out = self.make_mask(spec, clf)
+        if mask_out.mask.shape != spec.X.shape:
+            raise ValueError(
+                f"{type(self).__name__}.make_mask returned a mask of shape "
+                f"{tuple(mask_out.mask.shape)} but the spectrogram is {tuple(spec.X.shape)}; "
+                "align it in make_mask."
+            )
+        return spec, clf, mask_out
 
     @torch.no_grad()
     def interpret_computation_steps(self, wavs: torch.Tensor):
@@ -227,10 +265,8 @@ class InterpreterBrain(sb.Brain):
         X : torch.Tensor
             (B, frames, bins) input spectrogram.
         """
-        spec = self.preprocess(wavs.to(self.device))
-        clf = self.classifier_forward(spec.X, return_maps=self.needs_maps)
-        mask = self.make_mask(spec, clf).mask
-        return mask * spec.X, mask, spec.phase, spec.X
+        spec, _, mask_out = self.interpret(wavs.to(self.device))
+        return mask_out.mask * spec.X, mask_out.mask, spec.phase, spec.X
 
     # --------------------------------------------------------- override points
     def make_mask(self, spec: Spectrogram, clf: ClassifierOutput) -> MaskOutput:
@@ -246,7 +282,7 @@ class InterpreterBrain(sb.Brain):
 
     # --------------------------------------------------------- forward pass
     def prepare_wavs(self, batch, stage: sb.Stage):
-        """Waveforms of the batch, mixed with WHAM! noise when ``add_wham_noise`` is set.
+        """Waveforms of the batch, mixed with the brain's noise source (:attr:`noise`) if any.
 
         Returns
         -------
@@ -260,10 +296,8 @@ class InterpreterBrain(sb.Brain):
         from audio_interpretability.data.wham import mix_at_snr
 
         wavs = batch.sig.data.to(self.device)
-        if not self.hparams.add_wham_noise:
-            return wavs, None, None
         if self.noise is None:
-            self._make_noise()
+            return wavs, None, None
         noise = self.noise.sample(wavs.shape[0], wavs.shape[1]).to(self.device)
         snr = float(self.hparams.wham_snr_db)
         mixture, clean_part, noise_part = mix_at_snr(wavs, noise, snr_db=snr, return_parts=True)
@@ -298,16 +332,8 @@ class InterpreterBrain(sb.Brain):
         """Interpret one batch: front-end, classifier, mask, masked-in/out classifier passes."""
         batch = batch.to(self.device)
         wavs, gain, noise_part = self.prepare_wavs(batch, stage)
-        spec = self.preprocess(wavs)
-        with torch.no_grad():
-            clf = self.classifier_forward(spec.X, return_maps=self.needs_maps)
-        mask_out = self.make_mask(spec, clf)
+        spec, clf, mask_out = self.interpret(wavs)
         mask = mask_out.mask
-        if mask.shape != spec.X.shape:
-            raise ValueError(
-                f"{type(self).__name__}.make_mask returned a mask of shape {tuple(mask.shape)} "
-                f"but the spectrogram is {tuple(spec.X.shape)}; align it in make_mask."
-            )
         extras = dict(mask_out.extras)
         masks = {"": mask}
         if stage != sb.Stage.TRAIN and self.hparams.random_baseline:
@@ -449,6 +475,52 @@ class InterpreterBrain(sb.Brain):
             return self.metrics_folder / "interpretations"
         return None
 
+    def interpretation_panels(
+        self, X: torch.Tensor, mask: torch.Tensor, extras: dict, index: int, truths: dict = None
+    ) -> list[tuple[str, torch.Tensor]]:
+        """The figure panels of item ``index``: input, interpreter extras worth seeing (AMT's
+        ``saliency``), mask, ``M * X`` and the ground truth(s) ``{title: (B, frames, bins)}``."""
+        panels = [("input log1p|STFT|", X[index])]
+        if "saliency" in extras:
+            panels.append(("saliency", extras["saliency"][index]))
+        panels += [("mask", mask[index]), ("interpretation M*X", mask[index] * X[index])]
+        for title, truth in (truths or {}).items():
+            panels.append((title, truth[index]))
+        return [(title, p.detach().float().cpu()) for title, p in panels]
+
+    def save_interpretations(
+        self,
+        folder: Path,
+        names: list[str],
+        wavs: torch.Tensor,
+        spec: Spectrogram,
+        mask: torch.Tensor,
+        extras: dict,
+        truths: dict | None = None,
+        extra_wavs: dict | None = None,
+    ) -> int:
+        """Save the first ``len(names)`` items: ``<folder>/<name>/{original,interpretation}.wav``
+        (plus ``extra_wavs`` (B, T) each) and ``<name>.png``; the one saving routine of every
+        interpreter and evaluation (test stage, validation, overlap test). Returns the count."""
+        from audio_interpretability import viz
+
+        n = len(names)
+        frontend = self.hparams.frontend
+        wav_int = frontend.invert(torch.expm1(mask[:n] * spec.X[:n]), spec.phase[:n], wavs.shape[1])
+        for i, name in enumerate(names):
+            viz.save_interpretation(
+                folder,
+                name,
+                wavs[i].float().cpu(),
+                wav_int[i].float().cpu(),
+                frontend.sample_rate,
+                self.interpretation_panels(spec.X, mask, extras, i, truths),
+                suptitle=name,
+                hop_samples=frontend.hop_samples,
+                extra_wavs={k: w[i].float().cpu() for k, w in (extra_wavs or {}).items()},
+            )
+        return n
+
     def save_batch_interpretations(self, out: Interpretation, batch) -> None:
         """Save WAVs and a PNG for the first ``n_saved_interpretations`` samples of the stage
         (into :meth:`interpretations_folder`)."""
@@ -457,41 +529,22 @@ class InterpreterBrain(sb.Brain):
         budget = int(self.hparams.n_saved_interpretations) - self.saved_count
         if budget <= 0 or not sb.utils.distributed.if_main_process():
             return
-        from audio_interpretability import viz
-
         n = min(budget, out.X.shape[0])
-        length = out.wavs.shape[1]
-        wav_int = self.hparams.frontend.invert(torch.expm1(out.X_int[:n]), out.phase[:n], length)
         labels = batch.class_string_encoded.data.view(-1)
         preds = out.logits.argmax(dim=-1)
-        folder = self._interpretations_folder  # set by on_stage_start
-        for i in range(n):
-            name = (
-                f"{batch.id[i]}_true-{self.class_name(labels[i])}_pred-{self.class_name(preds[i])}"
-            )
-            panels = [("input log1p|STFT|", out.X[i])]
-            if "saliency" in out.extras:
-                panels.append(("saliency", out.extras["saliency"][i]))
-            panels += [("mask", out.mask[i]), ("interpretation M*X", out.X_int[i])]
-            if "truth" in out.extras:
-                panels.append(("ground-truth event bins", out.extras["truth"][i]))
-            viz.save_interpretation(
-                folder,
-                name,
-                out.wavs[i].float().cpu(),
-                wav_int[i].float().cpu(),
-                self.hparams.frontend.sample_rate,
-                [(title, p.detach().float().cpu().numpy()) for title, p in panels],
-                suptitle=name,
-            )
-        self.saved_count += n
+        names = [
+            f"{batch.id[i]}_true-{self.class_name(labels[i])}_pred-{self.class_name(preds[i])}"
+            for i in range(n)
+        ]
+        truths = {"ground-truth event bins": out.extras["truth"]} if "truth" in out.extras else {}
+        self.saved_count += self.save_interpretations(
+            self._interpretations_folder, names, out.wavs, out.spec, out.mask, out.extras, truths
+        )
 
     # --------------------------------------------------------- stage hooks
     def on_stage_start(self, stage, epoch=None):
         """Reset metric bookkeeping; make sure the frozen classifier stays in eval mode."""
         self.hparams.model.eval()
-        if stage == sb.Stage.TRAIN or self.hparams.add_wham_noise:
-            self._make_noise()
         if stage != sb.Stage.TRAIN:
             self.metric_accumulator = M.MetricAccumulator()
             self.mask_dependence = M.MaskDependence()

@@ -48,31 +48,25 @@ Authors
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
-from typing import NamedTuple
 
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
 
-from audio_interpretability.brains.interpreter import Interpretation, InterpreterBrain, MaskOutput
+from audio_interpretability.brains.interpreter import Interpretation, MaskOutput
+from audio_interpretability.brains.trainable import PSI_FILE, TrainableInterpreterBrain
 from audio_interpretability.features import Spectrogram
 from audio_interpretability.models.base import ClassifierOutput
-from audio_interpretability.recipe_utils import prepare_datasets
 
 logger = logging.getLogger(__name__)
 
 CROSSCOR_TYPES = ("dotp", "conv")
 GUIDELOSS_TYPES = ("binary", "l2")
-CKPT_MODES = ("min", "max")
 #: ``regularizer`` hparam: the published batch-summed L1/TV (default) or our per-sample mean.
 REGULARIZERS = ("published", "per_sample")
 #: ``guidance_reference`` hparam: the clean clip as loaded (published) or scaled into the mixture.
 GUIDANCE_REFERENCES = ("clean", "mixture_scaled")
-#: File name of the exported decoder (``<save_folder>/psi_model.ckpt``).
-PSI_FILE = "psi_model.ckpt"
 #: Subfolder of ``save_folder`` (and ``output_folder``) of a fine-tuning run started in the
 #: output folder of its pre-training run (the published fine-tuning command line does that).
 FINETUNING_FOLDER = "finetuning"
@@ -85,14 +79,10 @@ __all__ = [
     "LMAC",
     "PSI_FILE",
     "REGULARIZERS",
-    "SingleSampleResult",
     "cross_correlation",
     "crosscor_gate",
-    "evaluate_setting",
     "guidance_loss",
-    "interpret_single_sample",
     "lmac_loss",
-    "prepare_datasets",
     "published_tv_loss",
     "total_variation",
 ]
@@ -393,22 +383,17 @@ def lmac_loss(
 # --------------------------------------------------------------------------------------------
 # The Brain
 # --------------------------------------------------------------------------------------------
-class LMAC(InterpreterBrain):
+class LMAC(TrainableInterpreterBrain):
     """L-MAC interpreter: a trainable decoder on a frozen CNN14 (see the module docstring).
 
-    Hparams it reads besides those of :class:`InterpreterBrain`: ``psi_model`` (the
-    :class:`~audio_interpretability.models.decoders.CNN14Decoder`, also ``modules["psi"]``,
-    the only trainable module), ``save_folder``, ``l_in_w``, ``l_out_w``, ``reg_w_l1``,
-    ``reg_w_tv``, ``finetuning``, ``pretrained_interpreter``, ``test_only``, ``g_w``,
-    ``crosscor_th``, ``crosscortype``, ``guidelosstype``, ``bin_th``, ``lr_annealing`` (a
-    SpeechBrain scheduler called ``(optimizers, epoch, -fid_in)`` after each validation, e.g.
-    ``ReduceLROnPlateau``), ``ckpt_key`` and ``ckpt_mode`` (which validation statistic picks
-    the best checkpoint, "min" or "max").
-
-    After each validation the checkpointer keeps the latest and the best checkpoint (meta: the
-    validation summary as plain floats, plus ``epoch`` and ``finetuning``), and whenever the
-    new checkpoint is the best, the decoder's state_dict is exported to
-    ``<save_folder>/psi_model.ckpt`` (the file ``pretrained_interpreter`` points at).
+    ``psi_model`` is the :class:`~audio_interpretability.models.decoders.CNN14Decoder` (also
+    ``modules["psi"]``, the only trainable module). Its life cycle (load / export
+    ``psi_model.ckpt``, best checkpoint by ``ckpt_key``, ``lr_annealing`` on ``-fid_in``,
+    resume guard, ``interpret_period``) is :class:`TrainableInterpreterBrain`'s. Hparams of
+    the method: ``l_in_w``, ``l_out_w``, ``reg_w_l1``, ``reg_w_tv``, ``regularizer``,
+    ``finetuning``, ``g_w``, ``crosscor_th``, ``crosscortype``, ``guidelosstype``, ``bin_th``,
+    ``guidance_reference``. Fine-tuning started in the pre-training run's folder keeps its
+    checkpoints and decoder apart, in ``finetuning/`` subfolders.
 
     Arguments
     ---------
@@ -423,16 +408,12 @@ class LMAC(InterpreterBrain):
 
     needs_maps = True
 
-    required_hparams = InterpreterBrain.required_hparams + (
-        "psi_model",
-        "save_folder",
+    required_hparams = TrainableInterpreterBrain.required_hparams + (
         "l_in_w",
         "l_out_w",
         "reg_w_l1",
         "reg_w_tv",
         "finetuning",
-        "pretrained_interpreter",
-        "test_only",
         "g_w",
         "crosscor_th",
         "crosscortype",
@@ -440,20 +421,14 @@ class LMAC(InterpreterBrain):
         "bin_th",
         "regularizer",
         "guidance_reference",
-        "lr_annealing",
-        "ckpt_key",
-        "ckpt_mode",
     )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._check_options()
-        if self.hparams.pretrained_interpreter:
-            self.load_interpreter(self.hparams.pretrained_interpreter)
         self._reset_gate_counts()
 
     # ------------------------------------------------------------------ set-up
-    def _check_options(self) -> None:
+    def check_options(self) -> None:
         """Fail at start-up on options that would only break later."""
         if self.hparams.crosscortype not in CROSSCOR_TYPES:
             raise ValueError(
@@ -475,85 +450,26 @@ class LMAC(InterpreterBrain):
                 f"unknown guidance_reference {self.hparams.guidance_reference!r}; pass "
                 "--guidance_reference clean (published) or --guidance_reference mixture_scaled"
             )
-        if self.hparams.ckpt_mode not in CKPT_MODES:
-            raise ValueError(f"ckpt_mode must be 'min' or 'max', got {self.hparams.ckpt_mode!r}")
-        for flag in ("finetuning", "test_only"):
-            if getattr(self.hparams, flag) and not self.hparams.pretrained_interpreter:
-                raise ValueError(
-                    f"{flag} is True but pretrained_interpreter is not set; pass "
-                    "--pretrained_interpreter <save_folder>/psi_model.ckpt (written by a first "
-                    "train_lmac.py run)"
-                )
-
-    def load_interpreter(self, path: str) -> None:
-        """Load a trained decoder (``psi_model.ckpt``, or a checkpoint folder holding one).
-
-        Raises
-        ------
-        FileNotFoundError
-            The file does not exist.
-        ValueError
-            The file is not a state_dict of this decoder (another ``emb_dim`` /
-            ``decoder_width``).
-        """
-        path = str(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, PSI_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"pretrained_interpreter {path} does not exist; train an interpreter with "
-                "recipes/ESC50/interpret/train_lmac.py (it writes <save_folder>/psi_model.ckpt) "
-                "and pass that file"
-            )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle / zip / EOF errors all mean "not a checkpoint"
+        if self.hparams.finetuning and not self.hparams.pretrained_interpreter:
             raise ValueError(
-                f"pretrained_interpreter {path} is not a torch state_dict ({err}); pass the "
-                "psi_model.ckpt written by train_lmac.py"
-            ) from err
+                "finetuning is True but pretrained_interpreter is not set; pass "
+                "--pretrained_interpreter <save_folder>/psi_model.ckpt (written by a first "
+                "train_lmac.py run)"
+            )
+
+    def training_stage(self) -> float:
+        """0 for pre-training, 1 for fine-tuning (checkpoint meta ``finetuning``)."""
+        return float(bool(self.hparams.finetuning))
+
+    def describe_state_mismatch(self, state: dict, own: dict) -> str:
+        """Names the decoder sizes of the file and of this YAML."""
         decoder = self.hparams.psi_model
-        own = decoder.state_dict()
-        if not isinstance(state, dict) or set(state) != set(own):
-            raise ValueError(
-                f"pretrained_interpreter {path} is not a CNN14Decoder state_dict; pass the "
-                "psi_model.ckpt written by train_lmac.py"
-            )
-        bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
-        if bad:
-            in_dim, width = state["convt1.weight"].shape[:2]
-            raise ValueError(
-                f"pretrained_interpreter {path} is a decoder with in_dim={in_dim}, "
-                f"width={width}, but this one has in_dim={decoder.in_dim}, "
-                f"width={decoder.width}; pass --decoder_width {width} (and the classifier it "
-                f"was trained on, emb_dim {in_dim})"
-            )
-        decoder.load_state_dict(state)
-        logger.info("Loaded the L-MAC decoder from %s", path)
-
-    def export_interpreter(self, path: str | None = None) -> Path:
-        """Write the decoder's state_dict atomically (default: ``psi_model.ckpt`` in the
-        checkpoint folder, ``<save_folder>`` or ``<save_folder>/finetuning``)."""
-        folder = self.hparams.save_folder
-        if self.checkpointer is not None:
-            folder = self.checkpointer.checkpoints_dir
-        path = Path(path or os.path.join(folder, PSI_FILE))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu() for k, v in self.hparams.psi_model.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".psi_", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        logger.info("Exported the L-MAC decoder to %s", path)
-        return path
-
-    def best_checkpoint_key(self) -> dict:
-        """``{"min_key": ckpt_key}`` or ``{"max_key": ckpt_key}`` for ``evaluate``/recovery."""
-        return {f"{self.hparams.ckpt_mode}_key": self.hparams.ckpt_key}
+        in_dim, width = state["convt1.weight"].shape[:2]
+        return (
+            f"a decoder with in_dim={in_dim}, width={width}, but this one has "
+            f"in_dim={decoder.in_dim}, width={decoder.width}; pass --decoder_width {width} "
+            f"(and the classifier it was trained on, emb_dim {in_dim})"
+        )
 
     # ------------------------------------------------------------------ the method
     def make_mask(self, spec: Spectrogram, clf: ClassifierOutput) -> MaskOutput:
@@ -621,17 +537,11 @@ class LMAC(InterpreterBrain):
         self._gate_passed = torch.zeros((), dtype=torch.long, device=self.device)
         self._gate_total = 0
 
-    def on_fit_start(self):
-        """Refuse to resume another kind of run (pre-training vs fine-tuning), then recover."""
-        if self.checkpointer is None:
-            raise ValueError(
-                "LMAC training needs a checkpointer (it keeps the best decoder); pass "
-                "checkpointer=hparams['checkpointer']"
-            )
-        finetuning = float(bool(self.hparams.finetuning))
-        if finetuning and self._holds_stage(0.0):
-            # The published fine-tuning command reuses the pre-training output folder: keep
-            # the pre-training checkpoints and decoder, fine-tune in a subfolder.
+    def prepare_checkpoint_folder(self) -> None:
+        """Fine-tuning in the pre-training run's folder (the published fine-tuning command
+        reuses it): keep the pre-training checkpoints and decoder, fine-tune in the
+        ``finetuning/`` subfolder (test metrics then go to ``<output_folder>/finetuning``)."""
+        if self.training_stage() and self.holds_stage(0.0):
             folder = Path(self.hparams.save_folder) / FINETUNING_FOLDER
             logger.info(
                 "%s holds the pre-training checkpoints; fine-tuning checkpoints and the "
@@ -641,42 +551,6 @@ class LMAC(InterpreterBrain):
             )
             self.checkpointer.checkpoints_dir = folder
             folder.mkdir(parents=True, exist_ok=True)
-        if self._holds_stage(1.0 - finetuning):
-            kind = "pre-training" if finetuning else "fine-tuning"
-            raise ValueError(
-                f"{self.checkpointer.checkpoints_dir} holds checkpoints of a {kind} run; "
-                "resuming from them would mix the two stages. Pass a new --output_folder "
-                "for this run."
-            )
-        super().on_fit_start()
-
-    def _holds_stage(self, finetuning: float) -> bool:
-        """Whether the checkpointer's folder holds checkpoints of that stage (0 / 1)."""
-        return any(
-            "finetuning" in ckpt.meta and float(ckpt.meta["finetuning"]) == finetuning
-            for ckpt in self.checkpointer.list_checkpoints()
-        )
-
-    @property
-    def run_folder(self) -> Path:
-        """Where this run's test metrics go: ``output_folder``, or its ``finetuning/``
-        subfolder when fine-tuning next to a pre-training run's checkpoints."""
-        out = Path(self.hparams.output_folder)
-        if (
-            self.checkpointer is not None
-            and Path(self.checkpointer.checkpoints_dir)
-            == Path(self.hparams.save_folder) / FINETUNING_FOLDER
-        ):
-            return out / FINETUNING_FOLDER
-        return out
-
-    def interpretations_folder(self, stage, epoch=None) -> Path | None:
-        """Base (TEST) plus, as published, validation every ``interpret_period`` epochs (0:
-        never): ``<run_folder>/valid_interpretations/epoch_<N>``."""
-        period = int(self.hparams.interpret_period)
-        if stage == sb.Stage.VALID and period > 0 and epoch is not None and epoch % period == 0:
-            return self.run_folder / "valid_interpretations" / f"epoch_{epoch}"
-        return super().interpretations_folder(stage, epoch)
 
     def on_stage_start(self, stage, epoch=None):
         """Base bookkeeping plus a fresh count of the samples passing the guidance gate."""
@@ -691,166 +565,3 @@ class LMAC(InterpreterBrain):
             summary["gate_passed"] = passed
             summary["gate_fraction"] = passed / self._gate_total
         return summary
-
-    def on_valid_end(self, summary: dict, epoch) -> None:
-        """Anneal the learning rate on Fid-In, log, checkpoint, export the best decoder."""
-        if self.hparams.ckpt_key not in summary:
-            raise ValueError(
-                f"ckpt_key {self.hparams.ckpt_key!r} is not a validation statistic; use one of "
-                f"{', '.join(sorted(summary))}"
-            )
-        old_lr, new_lr = self.hparams.lr_annealing(
-            [self.optimizer], epoch, -float(summary["fid_in"])
-        )
-        sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
-        self.hparams.train_logger.log_stats(
-            stats_meta={"epoch": epoch, "lr": old_lr},
-            train_stats=getattr(self, "train_stats", None),
-            valid_stats=summary,
-        )
-        meta = {k: float(v) for k, v in summary.items()}
-        meta.update(epoch=float(epoch), finetuning=float(bool(self.hparams.finetuning)))
-        self.checkpointer.save_and_keep_only(
-            meta=meta, **{f"{self.hparams.ckpt_mode}_keys": [self.hparams.ckpt_key]}
-        )
-        best = self.checkpointer.find_checkpoint(**self.best_checkpoint_key())
-        latest = self.checkpointer.find_checkpoint()
-        if best is not None and latest is not None and best.path == latest.path:
-            if sb.utils.distributed.if_main_process():
-                self.export_interpreter()
-
-
-# --------------------------------------------------------------------------------------------
-# Helpers of the recipe scripts (train_lmac.py, eval.py)
-# --------------------------------------------------------------------------------------------
-def evaluate_setting(
-    brain: InterpreterBrain,
-    test_set,
-    metrics_folder: str | os.PathLike,
-    loader_kwargs: dict,
-    add_wham_noise: bool = False,
-    wham_split: str = "tt",
-    **evaluate_kwargs,
-) -> dict:
-    """Evaluate ``brain`` on ``test_set`` and write ``<metrics_folder>/test_metrics.json``.
-
-    With ``add_wham_noise`` every clip is mixed with a WHAM! crop (``wham_folder``, split
-    ``wham_split``, at ``wham_snr_db``) from a noise source re-seeded with ``seed``, so each
-    setting sees the same noise in every run; without it the clips are used as they are.
-
-    Arguments
-    ---------
-    brain : InterpreterBrain
-        The interpreter (e.g. :class:`LMAC`).
-    test_set : torch.utils.data.Dataset
-        Test items ("id", "sig", "class_string_encoded", ...), e.g. a DynamicItemDataset or
-        an :class:`~audio_interpretability.data.ood.OverlapDataset`.
-    metrics_folder : str or os.PathLike
-        Where ``test_metrics.json`` (and saved interpretations) go.
-    loader_kwargs : dict
-        DataLoader options (batch_size, ...); PaddedBatch collation is added.
-    add_wham_noise : bool
-        Mix WHAM! noise into the clips.
-    wham_split : str
-        WHAM! split of the test noise ("tt": recordings never seen in training).
-    **evaluate_kwargs
-        Passed to ``brain.evaluate`` (e.g. ``min_key="loss"`` to load the best checkpoint).
-
-    Returns
-    -------
-    dict
-        The summary written to ``test_metrics.json`` (plain floats).
-    """
-    from speechbrain.dataio.batch import PaddedBatch
-
-    from audio_interpretability.data.wham import WhamNoise, check_wham_args
-
-    saved = (brain.hparams.add_wham_noise, brain.noise, brain.metrics_folder)
-    brain.metrics_folder = Path(metrics_folder)
-    brain.hparams.add_wham_noise = bool(add_wham_noise)
-    if add_wham_noise:
-        folder = check_wham_args(True, brain.hparams.wham_folder)
-        brain.noise = WhamNoise(
-            folder,
-            sample_rate=brain.hparams.frontend.sample_rate,
-            split=wham_split,
-            seed=int(brain.hparams.seed),
-        )
-    try:
-        brain.evaluate(
-            test_set,
-            test_loader_kwargs={"collate_fn": PaddedBatch, **dict(loader_kwargs)},
-            **evaluate_kwargs,
-        )
-    finally:
-        brain.hparams.add_wham_noise, brain.noise, _ = saved
-    summary = dict(brain.last_summary)
-    logger.info("Metrics of %s: %s", metrics_folder, summary)
-    return summary
-
-
-class SingleSampleResult(NamedTuple):
-    """What :func:`interpret_single_sample` returns."""
-
-    predicted_index: int
-    predicted_class: str
-    probability: float
-    wav_path: Path
-    png_path: Path
-
-
-@torch.no_grad()
-def interpret_single_sample(
-    brain: InterpreterBrain, wav_path: str, output_path: str
-) -> SingleSampleResult:
-    """Interpret one audio file and write the listenable interpretation and a figure.
-
-    The file may have any sample rate and channel count (downmixed, resampled to the
-    front-end's rate, peak-normalised as the training clips). Writes ``output_path`` (WAV;
-    ``.wav`` is appended when missing) and the same path with ``.png``.
-
-    Arguments
-    ---------
-    brain : InterpreterBrain
-        A ready interpreter (classifier and mask maker loaded).
-    wav_path : str
-        Input audio file.
-    output_path : str
-        Path of the interpretation WAV.
-
-    Returns
-    -------
-    SingleSampleResult
-        Predicted class index, name and probability, and the written paths.
-    """
-    from audio_interpretability import viz
-    from audio_interpretability.data.esc50 import load_audio, peak_normalize
-
-    sample_rate = brain.hparams.frontend.sample_rate
-    wav = peak_normalize(load_audio(wav_path, sample_rate)).unsqueeze(0).to(brain.device)  # (1, T)
-    brain.hparams.model.eval()
-    brain.modules.eval()
-    spec = brain.preprocess(wav)
-    clf = brain.classifier_forward(spec.X, return_maps=brain.needs_maps)
-    mask = brain.make_mask(spec, clf).mask  # (1, frames, bins)
-    X_int = mask * spec.X
-    wav_int = brain.hparams.frontend.invert(torch.expm1(X_int), spec.phase, wav.shape[1])
-    probs = clf.logits.float().softmax(dim=-1)[0]
-    index = int(probs.argmax())
-    name = brain.class_name(index)
-    out = Path(output_path)
-    if out.suffix.lower() != ".wav":
-        out = out.with_name(out.name + ".wav")
-    wav_file = viz.save_wav(out, wav_int[0].float().cpu(), sample_rate)
-    png_file = viz.plot_interpretation(
-        out.with_suffix(".png"),
-        [
-            ("input log1p|STFT|", spec.X[0].float().cpu()),
-            ("mask", mask[0].float().cpu()),
-            ("interpretation M*X", X_int[0].float().cpu()),
-        ],
-        suptitle=f"{Path(wav_path).name}: predicted {name} ({float(probs[index]):.2f})",
-        sample_rate=sample_rate,
-        hop_samples=brain.hparams.frontend.hop_samples,
-    )
-    return SingleSampleResult(index, name, float(probs[index]), Path(wav_file), Path(png_file))

@@ -135,7 +135,8 @@ class WhamNoise:
                 "(point wham_folder at wham_noise or its parent)"
             )
         self.sample_rate = sample_rate
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
         self.infos = [sf.info(f) for f in self.files]
         total = sum(math.ceil(i.frames * sample_rate / i.samplerate) for i in self.infos)
         self.cache_in_memory = total * 4 <= max_cache_mb * 2**20
@@ -147,6 +148,34 @@ class WhamNoise:
             total / sample_rate / 60,
             " (cached in memory)" if self.cache_in_memory else "",
         )
+
+    @classmethod
+    def from_hparams(
+        cls, hparams: dict, split: str | None = None, enabled: bool | None = None
+    ) -> WhamNoise | None:
+        """The noise source a recipe's YAML asks for, or None when it asks for none.
+
+        Reads ``add_wham_noise`` (unless ``enabled`` is given), ``wham_folder`` (checked
+        first, with the fix in the error), ``wham_split`` (unless ``split`` is given, e.g. the
+        test split), ``seed`` and the front-end's ``sample_rate`` (``frontend``, else
+        ``sample_rate``).
+        """
+        enabled = bool(hparams["add_wham_noise"] if enabled is None else enabled)
+        folder = check_wham_args(enabled, hparams["wham_folder"])
+        if not enabled:
+            return None
+        frontend = hparams.get("frontend")
+        sample_rate = frontend.sample_rate if frontend is not None else hparams["sample_rate"]
+        return cls(
+            folder,
+            sample_rate=int(sample_rate),
+            split=split or hparams["wham_split"],
+            seed=int(hparams["seed"]),
+        )
+
+    def reset(self) -> None:
+        """Re-seed: the next draws repeat the first draws of this source."""
+        self.generator.manual_seed(self.seed)
 
     def __len__(self) -> int:
         return len(self.files)

@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""Evaluate a trained L-MAC decoder in-domain and out-of-domain, or interpret one file.
+"""Evaluate any interpreter (AMT, L-MAC, L2I, PIQ) in-domain and out-of-domain, or interpret one file.
+
+The interpreter is the YAML's ``int_method`` (published key: ``lmac``, ``l2i``, ``piq``; ours
+also ``amt``), built from that YAML; every interpreter goes through the same evaluation path
+(:mod:`audio_interpretability.brains.evaluation`) and writes the same files.
 
 To run::
 
@@ -42,7 +46,8 @@ never downloaded: ``--ljspeech_path`` must hold ``LJSpeech-1.1`` (checked before
 ``<output_folder>/eval_metrics.json`` gathers every setting's metrics; the protocol is recorded
 in ``<output_folder>/hyperparams.yaml``. The classifier and the decoder are built from the
 YAML (same overrides as for training) and loaded from ``embedding_model_path`` /
-``classifier_model_path`` and ``pretrained_interpreter``.
+``classifier_model_path`` and, for trainable interpreters, ``pretrained_interpreter``
+(AMT: ``python recipes/ESC50/interpret/eval.py hparams/amt_focalnet.yaml --data_folder D``).
 
 Authors
 * audio_interpretability contributors
@@ -52,11 +57,9 @@ import json
 import logging
 import os
 
-from audio_interpretability.brains.lmac import (
-    LMAC,
-    evaluate_setting,
-    interpret_single_sample,
-)
+from audio_interpretability.brains import INTERPRETERS, interpreter_class
+from audio_interpretability.brains.evaluation import evaluate_setting, interpret_single_sample
+from audio_interpretability.brains.trainable import TrainableInterpreterBrain
 from audio_interpretability.data.ood import (
     ContaminatedDataset,
     LJSpeechClips,
@@ -64,9 +67,10 @@ from audio_interpretability.data.ood import (
     check_eval_protocol,
     overlap_types,
 )
+from audio_interpretability.data.wham import WhamNoise
 from audio_interpretability.recipe_utils import load_recipe, prepare_datasets, wham_test_split
 
-__all__ = ["LMAC", "evaluation_runs", "main"]
+__all__ = ["build_interpreter", "check_interpreter", "evaluation_runs", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +117,37 @@ def evaluation_runs(hparams: dict, datasets: dict, speech: LJSpeechClips | None)
     return runs or [("clean", valid_set, False)]
 
 
+def check_interpreter(hparams: dict) -> type:
+    """The Brain class of the YAML's ``int_method``, checked against the YAML (its hparams,
+    ``pretrained_interpreter`` for trainable interpreters) before any work."""
+    brain_class = interpreter_class(hparams["int_method"])
+    missing = [k for k in brain_class.required_hparams if k not in hparams]
+    if missing:
+        yaml = INTERPRETERS[hparams["int_method"]][1]
+        raise ValueError(
+            f"int_method {hparams['int_method']} ({brain_class.__name__}) needs hparams this "
+            f"YAML lacks ({', '.join(missing)}); pass that interpreter's YAML, e.g. "
+            f"hparams/{yaml}"
+        )
+    if issubclass(brain_class, TrainableInterpreterBrain) and not hparams["pretrained_interpreter"]:
+        raise ValueError(
+            f"eval.py needs --pretrained_interpreter <save_folder>/psi_model.ckpt for "
+            f"int_method {hparams['int_method']} (written by {brain_class.train_script})"
+        )
+    return brain_class
+
+
+def build_interpreter(hparams: dict, run_opts: dict, label_encoder=None):
+    """The Brain of the YAML's ``int_method`` (see :func:`check_interpreter`)."""
+    return check_interpreter(hparams)(
+        modules=hparams["modules"],
+        hparams=hparams,
+        run_opts=run_opts,
+        label_encoder=label_encoder,
+        noise=None,  # each setting passes its own (evaluate_setting)
+    )
+
+
 def _label_encoder(hparams: dict):
     """The classifier's label encoder (next to its checkpoint), else the recipe's, else None."""
     from speechbrain.dataio.encoder import CategoricalEncoder
@@ -135,25 +170,17 @@ def main(argv=None) -> dict:
     -------
     dict
         ``{setting: metrics}``, or for ``--single_sample`` the
-        :class:`~audio_interpretability.brains.lmac.SingleSampleResult` as a dict.
+        :class:`~audio_interpretability.brains.evaluation.SingleSampleResult` as a dict.
     """
     hparams, run_opts = load_recipe(argv)
-    if not hparams["pretrained_interpreter"]:
-        raise ValueError(
-            "eval.py needs --pretrained_interpreter <save_folder>/psi_model.ckpt (written by "
-            "train_lmac.py)"
-        )
-    # Fail early (before any data or model work) on a bad protocol, type or LJSpeech folder.
+    # Fail early (before any data or model work) on a bad interpreter, protocol, type, noise
+    # folder or LJSpeech folder.
+    check_interpreter(hparams)
     protocol = check_eval_protocol(hparams["eval_protocol"])
     types = overlap_types(hparams["overlap_type"])
 
     if hparams["single_sample"]:
-        brain = LMAC(
-            modules=hparams["modules"],
-            hparams=hparams,
-            run_opts=run_opts,
-            label_encoder=_label_encoder(hparams),
-        )
+        brain = build_interpreter(hparams, run_opts, _label_encoder(hparams))
         result = interpret_single_sample(
             brain, hparams["single_sample"], hparams["single_sample_output"]
         )
@@ -170,12 +197,10 @@ def main(argv=None) -> dict:
     datasets = prepare_datasets(hparams)
     runs = evaluation_runs(hparams, datasets, speech)
     logger.info("Evaluation protocol %s: settings %s", protocol, [name for name, _, _ in runs])
-    brain = LMAC(
-        modules=hparams["modules"],
-        hparams=hparams,
-        run_opts=run_opts,
-        label_encoder=datasets["label_encoder"],
-    )
+    noise = None
+    if any(noisy for _, _, noisy in runs):  # built once, before any work
+        noise = WhamNoise.from_hparams(hparams, split=wham_test_split(hparams), enabled=True)
+    brain = build_interpreter(hparams, run_opts, datasets["label_encoder"])
 
     results = {}
     for name, dataset, noisy in runs:
@@ -184,8 +209,7 @@ def main(argv=None) -> dict:
             dataset,
             os.path.join(hparams["output_folder"], name),
             hparams["test_dataloader_options"],
-            add_wham_noise=noisy,
-            wham_split=wham_test_split(hparams),
+            noise=noise if noisy else None,
         )
     path = os.path.join(hparams["output_folder"], "eval_metrics.json")
     with open(path + ".tmp", "w", encoding="utf-8") as f:

@@ -7,7 +7,7 @@ To run::
         --data_folder /path/to/ESC-50-master
     python recipes/ESC50/interpret/interpret_amt.py hparams/amt_vit.yaml --data_folder D
 
-Every hyperparameter can be overridden (``--quantile 0.8 --overlap_type concat
+Every hyperparameter can be overridden (``--quantile 0.8 --overlap_test_type concat
 --saliency_options "{stages: [-2, -1], aggregation: prod}" --batch_size 8``), and
 SpeechBrain's run options work (``--device cuda:0``, ``--eval_precision bf16``, ``--debug``).
 
@@ -26,6 +26,7 @@ Authors
 import os
 
 from audio_interpretability.brains.amt import InterpreterESC50Brain
+from audio_interpretability.brains.evaluation import evaluate_overlap
 from audio_interpretability.recipe_utils import load_recipe, prepare_datasets
 
 __all__ = ["InterpreterESC50Brain", "main"]
@@ -51,7 +52,13 @@ def main(argv=None) -> InterpreterESC50Brain:
     loader_kwargs = dict(hparams["dataloader_options"])
     brain.evaluate(datasets["test"], test_loader_kwargs=dict(loader_kwargs))
     if hparams["overlap_test"]:
-        brain.evaluate_overlap(datasets["test"], loader_kwargs)
+        evaluate_overlap(
+            brain,
+            datasets["test"],
+            loader_kwargs,
+            hparams["overlap_test_type"],
+            hparams["overlap_mix_weights"],
+        )
     return brain
 
 

@@ -33,7 +33,9 @@ Authors
 
 import os
 
-from audio_interpretability.brains.lmac import LMAC, evaluate_setting
+from audio_interpretability.brains.evaluation import evaluate_setting
+from audio_interpretability.brains.lmac import LMAC
+from audio_interpretability.data.wham import WhamNoise
 from audio_interpretability.recipe_utils import load_recipe, prepare_datasets, wham_test_split
 
 __all__ = ["LMAC", "main"]
@@ -51,7 +53,11 @@ def main(argv=None) -> dict:
     datasets = prepare_datasets(hparams)
 
     test_only = hparams["test_only"]
+    # The noise sources, built once (checked before any work): training / validation, test.
+    noise = WhamNoise.from_hparams(hparams)
+    test_noise = WhamNoise.from_hparams(hparams, split=wham_test_split(hparams))
     brain = LMAC(
+        noise=noise,
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
         hparams=hparams,
@@ -70,18 +76,17 @@ def main(argv=None) -> dict:
 
     # Test the best checkpoint (test_only: the pretrained_interpreter loaded at start-up).
     folder = str(brain.run_folder)  # <output_folder>, or its finetuning/ subfolder
-    settings = {"main": (folder, hparams["add_wham_noise"])}
-    if hparams["add_wham_noise"]:
-        settings["clean"] = (os.path.join(folder, "clean"), False)
+    settings = {"main": (folder, test_noise)}
+    if test_noise is not None:
+        settings["clean"] = (os.path.join(folder, "clean"), None)
     results = {}
-    for name, (folder, noisy) in settings.items():
+    for name, (folder, setting_noise) in settings.items():
         results[name] = evaluate_setting(
             brain,
             datasets["test"],
             folder,
             hparams["test_dataloader_options"],
-            add_wham_noise=noisy,
-            wham_split=wham_test_split(hparams),
+            noise=setting_noise,
             **brain.best_checkpoint_key(),
         )
     return results

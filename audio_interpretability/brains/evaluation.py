@@ -1,0 +1,333 @@
+"""The one evaluation path of every interpreter (AMT, L-MAC, L2I, PIQ, ...).
+
+Everything here takes any :class:`~audio_interpretability.brains.interpreter.InterpreterBrain`
+and goes through its :meth:`~InterpreterBrain.interpret` pipeline (front-end -> frozen
+classifier -> ``make_mask``) and its one saving routine:
+
+* :func:`evaluate_setting`: one evaluation setting (clean, WHAM!, mixtures, white noise,
+  speech: the dataset and the noise source decide) -> ``<folder>/test_metrics.json``;
+* :func:`evaluate_overlap`: the published AMT overlap test (a mixture of two clips of
+  different classes, :mod:`audio_interpretability.data.overlap`) ->
+  ``overlap_metrics.json``;
+* :func:`interpret_single_sample`: one audio file -> interpretation WAV + PNG.
+
+The noise source is built once by the recipe (``WhamNoise.from_hparams``) and passed in; the
+brain's own is swapped for the duration of a setting (:meth:`InterpreterBrain.using_noise`)
+and re-seeded, so each setting sees the same noise in every run. No hparam is rewritten.
+
+Authors
+* audio_interpretability contributors
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.batch import PaddedBatch
+
+from audio_interpretability import metrics as M
+from audio_interpretability.brains.interpreter import InterpreterBrain
+from audio_interpretability.data.overlap import (
+    OverlapPairs,
+    fit_length,
+    mass_on,
+    overlap_pairs,
+    overlap_weights,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SingleSampleResult",
+    "evaluate_overlap",
+    "evaluate_setting",
+    "interpret_single_sample",
+    "overlap_batch",
+]
+
+
+def evaluate_setting(
+    brain: InterpreterBrain,
+    test_set,
+    metrics_folder: str | os.PathLike,
+    loader_kwargs: dict,
+    noise=None,
+    **evaluate_kwargs,
+) -> dict:
+    """Evaluate ``brain`` on ``test_set`` and write ``<metrics_folder>/test_metrics.json``.
+
+    Arguments
+    ---------
+    brain : InterpreterBrain
+        Any interpreter.
+    test_set : torch.utils.data.Dataset
+        Test items ("id", "sig", "class_string_encoded", ...), e.g. a DynamicItemDataset or
+        an out-of-domain dataset of :mod:`audio_interpretability.data.ood`.
+    metrics_folder : str or os.PathLike
+        Where ``test_metrics.json`` (and saved interpretations) go.
+    loader_kwargs : dict
+        DataLoader options (batch_size, ...); PaddedBatch collation is added.
+    noise : audio_interpretability.data.wham.WhamNoise, optional
+        Noise mixed into every clip (re-seeded first: the same noise in every run); None:
+        the clips as they are.
+    **evaluate_kwargs
+        Passed to ``brain.evaluate`` (e.g. ``min_key="loss"`` to load the best checkpoint).
+
+    Returns
+    -------
+    dict
+        The summary written to ``test_metrics.json`` (plain floats).
+    """
+    if noise is not None:
+        noise.reset()
+    saved_folder, brain.metrics_folder = brain.metrics_folder, Path(metrics_folder)
+    try:
+        with brain.using_noise(noise):
+            brain.evaluate(
+                test_set,
+                test_loader_kwargs={"collate_fn": PaddedBatch, **dict(loader_kwargs)},
+                **evaluate_kwargs,
+            )
+    finally:
+        brain.metrics_folder = saved_folder
+    summary = dict(brain.last_summary)
+    logger.info("Metrics of %s: %s", metrics_folder, summary)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# The overlap test (published in interpret_amt.py; here for every interpreter)
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def overlap_batch(
+    brain: InterpreterBrain,
+    batch1: PaddedBatch,
+    batch2: PaddedBatch,
+    overlap_type: str = "mixture",
+    mix_weights=(0.8, 0.2),
+) -> tuple[dict, dict]:
+    """Interpret the overlap of two batches of clips; the mask is computed once.
+
+    s1 and s2 (peak-normalised by the data pipeline) are combined as ``w1 * s1 + w2 * s2``
+    (:func:`~audio_interpretability.data.overlap.overlap_weights`); s2 is cropped /
+    zero-padded to s1's length.
+
+    Returns
+    -------
+    values : dict
+        Per-sample (B,) metrics: the faithfulness metrics of
+        :func:`~audio_interpretability.metrics.compute_faithfulness_metrics` on the mixture,
+        ``pred_is_s1`` / ``pred_is_s2`` (the classifier picks s1's / s2's class), and, when
+        both batches carry stems, ``mask_on_s1_event`` / ``mask_on_s2_event`` (fraction of the
+        mask on the bins where that source's weighted event dominates the rest of the
+        mixture), ``mask_on_pred_event`` (the same for the source whose class is predicted; 0
+        when the prediction is neither class) and ``s1_event_area`` / ``s2_event_area``
+        (fraction of all bins in each region: what a random mask scores on average).
+    tensors : dict
+        ``mixture``, ``s1``, ``s2`` (B, T) (weighted sources), ``spec``, ``mask``, ``extras``
+        (the interpreter's), ``logits``, ``labels1``, ``labels2`` and, with stems, ``truth1``,
+        ``truth2`` (B, frames, bins), for saving.
+    """
+    batch1, batch2 = batch1.to(brain.device), batch2.to(brain.device)
+    s1, rel_lens = batch1.sig.data, batch1.sig.lengths  # (B, T), (B,)
+    n_samples = s1.shape[1]
+    s2 = fit_length(batch2.sig.data, n_samples)  # (B, T)
+    lengths = torch.round(rel_lens * n_samples).long()  # (B,)
+    w1, w2 = overlap_weights(lengths, n_samples, overlap_type, mix_weights)
+    part1, part2 = w1 * s1, w2 * s2
+    mixture = part1 + part2  # (B, T)
+
+    spec, clf, mask_out = brain.interpret(mixture)
+    mask = mask_out.mask
+    logits_in, logits_out = brain.masked_passes(spec.X, [mask])
+    values = M.compute_faithfulness_metrics(clf.logits, logits_in, logits_out, mask)
+
+    labels1 = batch1.class_string_encoded.data.view(-1)
+    labels2 = batch2.class_string_encoded.data.view(-1)
+    pred = clf.logits.argmax(dim=-1)
+    values["pred_is_s1"] = (pred == labels1).float()
+    values["pred_is_s2"] = (pred == labels2).float()
+    tensors = {
+        "mixture": mixture,
+        "s1": part1,
+        "s2": part2,
+        "spec": spec,
+        "mask": mask,
+        "extras": mask_out.extras,
+        "logits": clf.logits,
+        "labels1": labels1,
+        "labels2": labels2,
+    }
+    if hasattr(batch1, "event_sig") and hasattr(batch2, "event_sig"):
+        from audio_interpretability.data.synthetic import ground_truth_mask
+
+        event1 = w1 * batch1.event_sig.data
+        event2 = w2 * fit_length(batch2.event_sig.data, n_samples)
+        frontend = brain.hparams.frontend
+        truth1 = ground_truth_mask(event1, mixture - event1, frontend)
+        truth2 = ground_truth_mask(event2, mixture - event2, frontend)
+        on1, on2 = mass_on(mask, truth1), mass_on(mask, truth2)
+        values["mask_on_s1_event"] = on1
+        values["mask_on_s2_event"] = on2
+        values["mask_on_pred_event"] = torch.where(
+            pred == labels1, on1, torch.where(pred == labels2, on2, torch.zeros_like(on1))
+        )
+        values["s1_event_area"] = truth1.float().reshape(truth1.shape[0], -1).mean(dim=1)
+        values["s2_event_area"] = truth2.float().reshape(truth2.shape[0], -1).mean(dim=1)
+        tensors["truth1"], tensors["truth2"] = truth1, truth2
+    return values, tensors
+
+
+def evaluate_overlap(
+    brain: InterpreterBrain,
+    dataset,
+    loader_kwargs: dict | None = None,
+    overlap_type: str = "mixture",
+    mix_weights=(0.8, 0.2),
+) -> dict:
+    """Overlap test: interpret mixtures of two test clips of different classes.
+
+    Every clip i is s1 once, paired with the next clip of another class as s2
+    (:func:`~audio_interpretability.data.overlap.overlap_pairs`). Batches of pairs go through
+    :func:`overlap_batch`; the first ``n_saved_interpretations`` are saved under
+    ``<metrics_folder>/overlap/`` (mixture as ``original.wav``, weighted sources ``s1.wav`` /
+    ``s2.wav``, ``interpretation.wav`` and a PNG), and the mean of every metric goes to
+    ``<metrics_folder>/overlap_metrics.json``. Under DDP each process takes a shard of the
+    pairs and the summary is gathered (call it on every process).
+
+    Arguments
+    ---------
+    brain : InterpreterBrain
+        Any interpreter.
+    dataset : speechbrain.dataio.dataset.DynamicItemDataset
+        The test set (items with ``sig``, ``class_string``, ``class_string_encoded`` and,
+        for ground-truth scores, ``event_sig``).
+    loader_kwargs : dict, optional
+        ``batch_size`` and ``num_workers`` of the pair loader (other keys are ignored).
+    overlap_type : str
+        ``"mixture"`` or ``"concat"`` (published ``concat_sources``).
+    mix_weights : sequence of float
+        The two weights of ``"mixture"`` (published 0.8, 0.2).
+
+    Returns
+    -------
+    dict
+        The metric summary written to ``overlap_metrics.json``.
+    """
+    loader_kwargs = dict(loader_kwargs or {})
+    with dataset.output_keys_as(["class_string"]):
+        labels = [dataset[i]["class_string"] for i in range(len(dataset))]
+    pairs = overlap_pairs(labels)
+    ddp = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if ddp else 0
+    world = torch.distributed.get_world_size() if ddp else 1
+    loader = torch.utils.data.DataLoader(
+        OverlapPairs(dataset, pairs[rank::world]),
+        batch_size=int(loader_kwargs.get("batch_size", 1)),
+        num_workers=int(loader_kwargs.get("num_workers", 0)),
+        shuffle=False,
+        collate_fn=OverlapPairs.collate,
+    )
+    brain.hparams.model.eval()
+    brain.modules.eval()
+    accumulator = M.MetricAccumulator()
+    saved = 0
+    for batch1, batch2 in loader:
+        with brain.evaluation_ctx:
+            values, t = overlap_batch(brain, batch1, batch2, overlap_type, mix_weights)
+        accumulator.update(values)
+        budget = int(brain.hparams.n_saved_interpretations) - saved
+        if brain.hparams.save_interpretations and budget > 0 and rank == 0:
+            preds = t["logits"].argmax(dim=-1)
+            names = [
+                f"{batch1.id[i]}+{batch2.id[i]}_true-{brain.class_name(t['labels1'][i])}"
+                f"+{brain.class_name(t['labels2'][i])}_pred-{brain.class_name(preds[i])}"
+                for i in range(min(budget, len(batch1.id)))
+            ]
+            truths = {}
+            if "truth1" in t:
+                truths = {"s1 event bins": t["truth1"], "s2 event bins": t["truth2"]}
+            saved += brain.save_interpretations(
+                brain.metrics_folder / "overlap",
+                names,
+                t["mixture"],
+                t["spec"],
+                t["mask"],
+                t["extras"],
+                truths,
+                extra_wavs={"s1": t["s1"], "s2": t["s2"]},
+            )
+    summary = accumulator.summarize()
+    if sb.utils.distributed.if_main_process():
+        brain.write_metrics(summary, "overlap_metrics.json")
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# One file
+# --------------------------------------------------------------------------------------------
+class SingleSampleResult(NamedTuple):
+    """What :func:`interpret_single_sample` returns."""
+
+    predicted_index: int
+    predicted_class: str
+    probability: float
+    wav_path: Path
+    png_path: Path
+
+
+@torch.no_grad()
+def interpret_single_sample(
+    brain: InterpreterBrain, wav_path: str, output_path: str
+) -> SingleSampleResult:
+    """Interpret one audio file and write the listenable interpretation and a figure.
+
+    The file may have any sample rate and channel count (downmixed, resampled to the
+    front-end's rate, peak-normalised as the training clips). Writes ``output_path`` (WAV;
+    ``.wav`` is appended when missing) and the same path with ``.png``.
+
+    Arguments
+    ---------
+    brain : InterpreterBrain
+        A ready interpreter (classifier and mask maker loaded).
+    wav_path : str
+        Input audio file.
+    output_path : str
+        Path of the interpretation WAV.
+
+    Returns
+    -------
+    SingleSampleResult
+        Predicted class index, name and probability, and the written paths.
+    """
+    from audio_interpretability import viz
+    from audio_interpretability.data.esc50 import load_audio, peak_normalize
+
+    frontend = brain.hparams.frontend
+    wav = peak_normalize(load_audio(wav_path, frontend.sample_rate)).unsqueeze(0)  # (1, T)
+    brain.hparams.model.eval()
+    brain.modules.eval()
+    spec, clf, mask_out = brain.interpret(wav.to(brain.device))
+    mask = mask_out.mask  # (1, frames, bins)
+    wav_int = frontend.invert(torch.expm1(mask * spec.X), spec.phase, wav.shape[1])
+    probs = clf.logits.float().softmax(dim=-1)[0]
+    index = int(probs.argmax())
+    name = brain.class_name(index)
+    out = Path(output_path)
+    if out.suffix.lower() != ".wav":
+        out = out.with_name(out.name + ".wav")
+    panels = brain.interpretation_panels(spec.X, mask, mask_out.extras, 0)
+    png_file = viz.plot_interpretation(
+        out.with_suffix(".png"),
+        panels,
+        suptitle=f"{Path(wav_path).name}: predicted {name} ({float(probs[index]):.2f})",
+        sample_rate=frontend.sample_rate,
+        hop_samples=frontend.hop_samples,
+    )
+    wav_file = viz.save_wav(out, wav_int[0].float().cpu(), frontend.sample_rate)
+    return SingleSampleResult(index, name, float(probs[index]), Path(wav_file), Path(png_file))
