@@ -15,8 +15,11 @@ the published FocalNet / ViT recipes trained that head with an additive angular 
 the cosines, we use cross-entropy on the scaled cosines (no margin), which converges faster
 on the small data sets we train on and yields the same kind of head.
 
-Learning rate: Adam, with ``lr_annealing`` (SpeechBrain's ``ReduceLROnPlateau`` on the
-validation loss) applied once per epoch, so resuming with a larger ``number_of_epochs``
+Learning rate: Adam, with ``lr_annealing`` chosen by ``lr_schedule`` (:func:`make_lr_annealing`):
+``cyclic`` (published) is SpeechBrain's ``CyclicLRScheduler``, stepped on every training and
+validation batch where the published ``train.py`` steps it (``compute_objectives``, every stage
+but test); ``plateau`` (ours) is SpeechBrain's ``ReduceLROnPlateau`` on the validation loss,
+once per epoch. Either is checkpointed, so resuming with a larger ``number_of_epochs``
 continues the same schedule. Gradients are clipped by the Brain (``max_grad_norm``, 5 by
 default). A checkpoint is saved after every validation, keeping the latest (for resuming) and
 the one with the lowest validation ``error``; testing uses the latter and writes
@@ -35,11 +38,68 @@ import tempfile
 
 import speechbrain as sb
 import torch
+from speechbrain.nnet.schedulers import CyclicLRScheduler, ReduceLROnPlateau
 
 from audio_interpretability.data.wham import WhamNoise, check_wham_args, mix_at_snr
 from audio_interpretability.models.base import ClassifierOutput
 
 logger = logging.getLogger(__name__)
+
+
+#: Values of ``lr_schedule``: the published per-batch cyclic schedule, our per-epoch plateau one.
+LR_SCHEDULES = ("cyclic", "plateau")
+
+
+def make_lr_annealing(
+    lr_schedule: str,
+    base_lr: float,
+    max_lr: float,
+    step_size: int,
+    lr_min: float,
+    lr_factor: float,
+    lr_patience: int,
+) -> CyclicLRScheduler | ReduceLROnPlateau:
+    """The classifier's LR scheduler (YAML ``lr_annealing``), chosen by ``lr_schedule``.
+
+    Arguments
+    ---------
+    lr_schedule : str
+        ``"cyclic"`` (published, SpeechBrain ``recipes/ESC50/classification/hparams/*.yaml``):
+        ``CyclicLRScheduler(base_lr, max_lr, step_size)`` (triangular), which
+        :class:`ClassifierBrain` steps on every training and validation batch; after ``n``
+        batches the LR is ``base_lr + (max_lr - base_lr) * n / step_size`` for
+        ``n <= step_size``, then falls back over the next ``step_size`` batches.
+        ``"plateau"`` (ours): ``ReduceLROnPlateau(lr_min, lr_factor, lr_patience)`` on the
+        validation loss, once per epoch.
+    base_lr, max_lr, step_size : float, float, int
+        The cyclic schedule's bounds and half period in batches (published: 1e-8, ``lr``,
+        65000). Unused by ``"plateau"``.
+    lr_min, lr_factor, lr_patience : float, float, int
+        The plateau schedule's floor, factor and patience in epochs. Unused by ``"cyclic"``.
+
+    Returns
+    -------
+    CyclicLRScheduler or ReduceLROnPlateau
+        SpeechBrain's scheduler (both are checkpointable recoverables).
+
+    Example
+    -------
+    >>> make_lr_annealing("cyclic", 0.0, 1.0, 4, 1e-5, 0.5, 1).clr(1)
+    0.25
+    >>> type(make_lr_annealing("plateau", 0.0, 1.0, 4, 1e-5, 0.5, 1)).__name__
+    'ReduceLROnPlateau'
+    """
+    if lr_schedule == "cyclic":
+        return CyclicLRScheduler(base_lr=base_lr, max_lr=max_lr, step_size=step_size)
+    if lr_schedule == "plateau":
+        return ReduceLROnPlateau(
+            lr_min=lr_min, factor=lr_factor, patience=lr_patience, dont_halve_until_epoch=0
+        )
+    raise ValueError(
+        f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}; pass --lr_schedule "
+        "cyclic (published: CyclicLRScheduler stepped on every training and validation batch) "
+        "or --lr_schedule plateau (ours: ReduceLROnPlateau on the validation loss per epoch)"
+    )
 
 
 def _atomic_write_text(path: str, text: str) -> None:
@@ -234,12 +294,18 @@ class ClassifierBrain(sb.Brain):
         return self.modules.model(spec.X)
 
     def compute_objectives(self, predictions: ClassifierOutput, batch, stage) -> torch.Tensor:
-        """Cross-entropy of the logits; accumulates the stage's confusion matrix."""
+        """Cross-entropy of the logits; accumulates the stage's confusion matrix; steps a
+        cyclic ``lr_annealing`` on training and validation batches (as published)."""
         labels = batch.class_string_encoded.data[:, 0]  # (B,)
         if stage == sb.Stage.TRAIN:
             labels = self.hparams.wav_augment.replicate_labels(labels)  # (B',)
         logits = predictions.logits  # (B', C)
         loss = self.hparams.compute_cost(logits, labels)
+        if stage != sb.Stage.TEST and isinstance(self.hparams.lr_annealing, CyclicLRScheduler):
+            # Published train.py, compute_objectives: `if stage != sb.Stage.TEST:
+            # self.hparams.lr_annealing.on_batch_end(self.optimizer)`, i.e. one step per
+            # training batch (before its optimizer step) and per validation batch.
+            self.hparams.lr_annealing.on_batch_end(self.optimizer)
         predicted = logits.detach().argmax(dim=-1)
         n_classes = self.hparams.out_n_neurons
         index = (labels * n_classes + predicted).cpu()  # (B',) flat (true, predicted) cell
@@ -255,14 +321,19 @@ class ClassifierBrain(sb.Brain):
         self.confusion.zero_()
 
     def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
-        """Log loss / error / accuracy; anneal the lr and checkpoint after validation;
+        """Log loss / error / accuracy; anneal the lr (plateau) and checkpoint after validation;
         write the test metrics after testing."""
         report = classification_report(self.confusion, self.class_names)
         stats = {"loss": float(stage_loss), "error": report["error"], "acc": report["accuracy"]}
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
         elif stage == sb.Stage.VALID:
-            old_lr, new_lr = self.hparams.lr_annealing([self.optimizer], epoch, stats["loss"])
+            if isinstance(self.hparams.lr_annealing, CyclicLRScheduler):
+                # Published on_stage_end: `old_lr, new_lr = self.hparams.lr_annealing(epoch)`
+                # (the LR before the last batch step and the one the next step sets).
+                old_lr, new_lr = self.hparams.lr_annealing(epoch)
+            else:
+                old_lr, new_lr = self.hparams.lr_annealing([self.optimizer], epoch, stats["loss"])
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": old_lr},

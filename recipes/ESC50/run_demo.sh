@@ -30,7 +30,7 @@ generate_speech_like(sys.argv[1], n_files=8, duration=3.0, sample_rate=22050, lj
 python recipes/ESC50/classification/train.py hparams/classifier_cnn14.yaml --data_folder "$DATA" \
     --out_n_neurons 10 --output_folder "$OUT/classifier_cnn14" --pretrained_folder "$CLF" \
     --cache_folder "$OUT/audio_cache" "${CNN14_CPU[@]}" --number_of_epochs 10 --batch_size 16 \
-    --lr 0.001 --augment_prob 0.5 --add_wham_noise True --wham_folder "$WHAM"
+    --lr 0.001 --augment_prob 0.5 --lr_schedule plateau --add_wham_noise True --wham_folder "$WHAM"
 
 python recipes/ESC50/interpret/train_lmac.py hparams/lmac_cnn14.yaml --data_folder "$DATA" \
     --out_n_neurons 10 --pretrained_classifier_folder "$CLF" --output_folder "$OUT/lmac" \
