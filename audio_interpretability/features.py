@@ -179,4 +179,10 @@ class Frontend(torch.nn.Module):
         stft = torch.stack(
             (magnitude * torch.cos(phase), magnitude * torch.sin(phase)), dim=-1
         )  # (B, frames, bins, 2)
-        return self.compute_istft(stft, sig_length=length)
+        covered = (magnitude.shape[1] - 1) * self.hop_samples  # samples the frames reconstruct
+        if length is None or length <= covered:
+            return self.compute_istft(stft, sig_length=length)
+        # Fewer frames than the clip (a mask covering the first frames only): the rest is
+        # silence (the ISTFT cannot reconstruct samples no window covers).
+        wav = self.compute_istft(stft, sig_length=covered)  # (B, covered)
+        return torch.nn.functional.pad(wav, (0, length - covered))

@@ -80,6 +80,28 @@ def tiny_batch(n=3, seconds=1.0, sample_rate=16000) -> PaddedBatch:
     return PaddedBatch(items)
 
 
+def test_frame_alignment(tmp_path, device, classifier_ckpt):
+    """crop (published): the mask, X, the metrics' ground truth cover the decoder's frames;
+    pad: every frame of the clip; the listenable output keeps the clip's length either way."""
+    batch = tiny_batch()
+    batch.event_sig = batch.sig  # stems: the ground truth is computed (and cropped)
+    batch.background_sig = PaddedBatch([{"x": 0.01 * torch.ones(16000)} for _ in range(3)]).x
+    frames = {}
+    for alignment in ("crop", "pad"):
+        brain = make_brain(tmp_path / alignment, device, classifier_ckpt, frame_alignment=alignment)
+        brain.on_stage_start(sb.Stage.TEST)
+        out = brain.compute_forward(batch, sb.Stage.TEST)
+        assert out.mask.shape == out.X.shape == out.extras["truth"].shape
+        frames[alignment] = out.X.shape[1]
+        wav = brain.hparams.frontend.invert(torch.expm1(out.X_int), out.phase, 16000)
+        assert wav.shape == (3, 16000)
+        X_full = brain.preprocess(batch.sig.data.to(device)).X
+        assert torch.equal(out.X, X_full[:, : frames[alignment]])
+    assert frames == {"crop": 81, "pad": 87}
+    with pytest.raises(ValueError, match="frame_alignment"):
+        make_brain(tmp_path / "bad", device, classifier_ckpt, frame_alignment="stretch")
+
+
 # --------------------------------------------------------------------------------------------
 # Loss and gradients
 # --------------------------------------------------------------------------------------------
@@ -93,7 +115,8 @@ def test_loss_decreases_gradients_reach_only_the_decoder(tmp_path, device, class
     brain.on_stage_start(sb.Stage.TRAIN, 1)
     brain.modules.train()
     out = brain.compute_forward(batch, sb.Stage.TRAIN)
-    assert out.mask.shape == out.X.shape and out.X.shape[1] == 87  # every frame of 1 s
+    # published frame_alignment crop: X cropped to the decoder's 8 (87 // 8) + 1 = 81 frames
+    assert out.mask.shape == out.X.shape == out.phase.shape and out.X.shape[1] == 81
     assert bool(((out.mask >= 0) & (out.mask <= 1)).all())
     loss = brain.compute_objectives(out, batch, sb.Stage.TRAIN)
     loss.backward()

@@ -169,8 +169,9 @@ def overlap_batch(
         event1 = w1 * batch1.event_sig.data
         event2 = w2 * fit_length(batch2.event_sig.data, n_samples)
         frontend = brain.hparams.frontend
-        truth1 = ground_truth_mask(event1, mixture - event1, frontend)
-        truth2 = ground_truth_mask(event2, mixture - event2, frontend)
+        frames = spec.X.shape[1]  # the frames the mask covers
+        truth1 = ground_truth_mask(event1, mixture - event1, frontend)[:, :frames]
+        truth2 = ground_truth_mask(event2, mixture - event2, frontend)[:, :frames]
         on1, on2 = mass_on(mask, truth1), mass_on(mask, truth2)
         values["mask_on_s1_event"] = on1
         values["mask_on_s2_event"] = on2

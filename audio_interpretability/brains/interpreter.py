@@ -126,6 +126,10 @@ class InterpreterBrain(sb.Brain):
     #: Whether :meth:`make_mask` needs the classifier's intermediate maps.
     needs_maps: bool = False
 
+    #: Whether a mask with fewer frames than X crops X (and everything after it) to those
+    #: frames, as the published L-MAC does; otherwise every mask must have X's shape.
+    crops_frames: bool = False
+
     #: Masks of earlier batches kept as swap partners (the swapped-mask baseline).
     SWAP_BANK_SIZE: int = 16
 
@@ -242,6 +246,11 @@ class InterpreterBrain(sb.Brain):
         with torch.no_grad():
             clf = self.classifier_forward(spec.X, return_maps=self.needs_maps)
         mask_out = self.make_mask(spec, clf)
+        frames = mask_out.mask.shape[1]
+        if self.crops_frames and mask_out.mask.dim() == 3 and frames < spec.X.shape[1]:
+            # The mask covers the first `frames` frames only (published L-MAC): the masked
+            # passes, the metrics and the listenable output use those frames.
+            spec = Spectrogram(*(t[:, :frames] for t in spec))
         if mask_out.mask.shape != spec.X.shape:
             raise ValueError(
                 f"{type(self).__name__}.make_mask returned a mask of shape "
@@ -351,7 +360,7 @@ class InterpreterBrain(sb.Brain):
         if stage != sb.Stage.TRAIN:
             truth = self.ground_truth(batch, gain, noise_part)
             if truth is not None:
-                extras["truth"] = truth
+                extras["truth"] = truth[:, : spec.X.shape[1]]  # the frames the mask covers
         if gain is not None:  # the clean clip, and its factor in the mixture
             extras["clean_wavs"] = batch.sig.data.to(self.device)
             extras["clean_gain"] = gain

@@ -36,10 +36,13 @@ Fine-tuning (``finetuning: True``, from a ``pretrained_interpreter``) gates each
 ``guidance_reference: clean``); ``guidance_reference: mixture_scaled`` uses the clean clip
 scaled as it is inside the WHAM! mixture instead (the same thing without noise).
 
-Other differences from the published recipe (documented in docs/LMAC.md): the mask covers
-every frame of the clip (``CNN14Decoder.align_frames`` pads the decoder's frames to the
-spectrogram's; the published code crops the spectrogram), and the checkpoint meta holds plain
-floats (the published one holds 0-d tensors, which break recovery with SpeechBrain 1.1.2).
+Frames: the decoder outputs ``8 (frames // 8) + 1`` frames. As published
+(``frame_alignment: crop``), X is cropped to them (5 s clips: 425 of 431 frames), and the
+masked passes, the metrics and the listenable output cover those frames;
+``frame_alignment: pad`` edge-pads the decoder's frames to X's so that the mask covers the
+whole clip. Other differences from the published recipe are in docs/DIFFERENCES.md (e.g. the
+checkpoint meta holds plain floats: the published 0-d tensors break recovery with
+SpeechBrain 1.1.2).
 
 Authors
 * audio_interpretability contributors
@@ -58,6 +61,7 @@ from audio_interpretability.brains.interpreter import Interpretation, MaskOutput
 from audio_interpretability.brains.trainable import PSI_FILE, TrainableInterpreterBrain
 from audio_interpretability.features import Spectrogram
 from audio_interpretability.models.base import ClassifierOutput
+from audio_interpretability.models.decoders import MAX_FRAME_DIFF
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +71,9 @@ GUIDELOSS_TYPES = ("binary", "l2")
 REGULARIZERS = ("published", "per_sample")
 #: ``guidance_reference`` hparam: the clean clip as loaded (published) or scaled into the mixture.
 GUIDANCE_REFERENCES = ("clean", "mixture_scaled")
+#: ``frame_alignment`` hparam: X cropped to the decoder's frames (published) or the decoder's
+#: frames padded to X's (ours).
+FRAME_ALIGNMENTS = ("crop", "pad")
 #: Subfolder of ``save_folder`` (and ``output_folder``) of a fine-tuning run started in the
 #: output folder of its pre-training run (the published fine-tuning command line does that).
 FINETUNING_FOLDER = "finetuning"
@@ -74,6 +81,7 @@ _EPS = 1e-8
 
 __all__ = [
     "CROSSCOR_TYPES",
+    "FRAME_ALIGNMENTS",
     "GUIDELOSS_TYPES",
     "GUIDANCE_REFERENCES",
     "LMAC",
@@ -421,6 +429,7 @@ class LMAC(TrainableInterpreterBrain):
         "bin_th",
         "regularizer",
         "guidance_reference",
+        "frame_alignment",
     )
 
     def __init__(self, *args, **kwargs):
@@ -444,6 +453,12 @@ class LMAC(TrainableInterpreterBrain):
             raise ValueError(
                 f"unknown regularizer {self.hparams.regularizer!r}; pass --regularizer published "
                 "(the published batch-summed L1/TV) or --regularizer per_sample"
+            )
+        if self.hparams.frame_alignment not in FRAME_ALIGNMENTS:
+            raise ValueError(
+                f"unknown frame_alignment {self.hparams.frame_alignment!r}; pass "
+                "--frame_alignment crop (published: X cropped to the decoder's frames) or "
+                "--frame_alignment pad (the mask covers every frame)"
             )
         if self.hparams.guidance_reference not in GUIDANCE_REFERENCES:
             raise ValueError(
@@ -472,10 +487,27 @@ class LMAC(TrainableInterpreterBrain):
         )
 
     # ------------------------------------------------------------------ the method
+    @property
+    def crops_frames(self) -> bool:
+        """``frame_alignment: crop`` (published): X is cropped to the decoder's frames."""
+        return self.hparams.frame_alignment == "crop"
+
     def make_mask(self, spec: Spectrogram, clf: ClassifierOutput) -> MaskOutput:
-        """Decoder on the CNN14 maps -> sigmoid mask (B, frames, bins), aligned to X's frames."""
+        """Decoder on the CNN14 maps -> sigmoid mask (B, frames', bins).
+
+        ``frame_alignment: crop`` (published): the decoder's ``frames' = 8 (frames // 8) + 1``
+        frames, X then cropped to them by the base (a decoder frame beyond X is dropped);
+        ``pad``: the decoder's frames edge-padded (or cropped) to X's, the mask covers the clip.
+        """
         logits = self.modules.psi(clf.maps)[:, 0]  # (B, frames', bins)
-        logits = self.hparams.psi_model.align_frames(logits, spec.X.shape[1])  # (B, frames, bins)
+        frames = spec.X.shape[1]
+        target = min(logits.shape[1], frames) if self.crops_frames else frames
+        if frames - target > MAX_FRAME_DIFF:
+            raise ValueError(
+                f"the decoder gave {logits.shape[1]} frames for a {frames}-frame spectrogram: "
+                "the maps do not come from this spectrogram"
+            )
+        logits = self.hparams.psi_model.align_frames(logits, target)  # (B, target, bins)
         return MaskOutput(mask=torch.sigmoid(logits), extras={"mask_logits": logits})
 
     def crosscor(self, spectrogram: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
@@ -503,7 +535,7 @@ class LMAC(TrainableInterpreterBrain):
         wavs = out.extras["clean_wavs"]
         if self.hparams.guidance_reference == "mixture_scaled":
             wavs = wavs * out.extras["clean_gain"][:, None]
-        return self.preprocess(wavs).X
+        return self.preprocess(wavs).X[:, : out.X.shape[1]]  # the frames the mask covers
 
     def interpreter_loss(self, out: Interpretation, batch, stage: sb.Stage) -> torch.Tensor:
         """The L-MAC objective of the batch (:func:`lmac_loss`, see the module docstring)."""
