@@ -2,15 +2,19 @@
 the published contamination dataset, LJSpeech loading, and the speech-like stand-in."""
 
 import csv
+import random
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 import torchaudio
+from speechbrain.dataio.batch import PaddedBatch
+from speechbrain.utils.seed import seed_everything
 
 from audio_interpretability.data.esc50 import peak_normalize
 from audio_interpretability.data.ood import (
+    CONTAMINATION_DRAWS,
     ContaminatedDataset,
     LJSpeechClips,
     OverlapDataset,
@@ -21,6 +25,7 @@ from audio_interpretability.data.ood import (
     ljspeech_files,
     overlap,
     overlap_types,
+    published_draws,
     published_mixture,
     resolve_ljspeech,
 )
@@ -29,6 +34,47 @@ from audio_interpretability.data.ood import (
 # --------------------------------------------------------------------------------------------
 # The published formulas, re-written as in SpeechBrain's recipes/ESC50/interpret/eval.py
 # --------------------------------------------------------------------------------------------
+def published_sample_indices(seed, n_clips, pool_size, multiplier):
+    """The pool indices of a sequential published run: ``random.seed(10)`` at the import of
+    eval.py, then the YAML's ``__set_seed`` (``seed_everything(seed)``), then, clip after clip,
+    ``pool = [i for i in range(len(self.cont_d))]``, ``random.sample(pool, overlap_multiplier)``
+    (python's global ``random``; its state is restored afterwards)."""
+    state, torch_state = random.getstate(), torch.get_rng_state()
+    try:
+        random.seed(10)
+        seed_everything(seed, verbose=False)
+        indices = []
+        for _ in range(n_clips):
+            pool = [i for i in range(pool_size)]
+            indices.append(random.sample(pool, multiplier))
+        return indices
+    finally:
+        random.setstate(state)
+        torch.set_rng_state(torch_state)
+
+
+def published_white_noise(seed, lengths, multiplier):
+    """``torch.randn(sample["sig"].shape)`` per version, clip after clip, from torch's global RNG
+    right after its seeding (the published run also draws model initialisations in between,
+    which is why its values are not reproduced). (clips, multiplier, T)."""
+    state = torch.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        return [[torch.randn(length) for _ in range(multiplier)] for length in lengths]
+    finally:
+        torch.set_rng_state(state)
+
+
+def expected_indices(draws, seed, n_clips, pool_size, multiplier):
+    """Pool indices of each clip under ``draws``."""
+    if draws == "published":
+        return published_sample_indices(seed, n_clips, pool_size, multiplier)
+    return [
+        torch.randperm(pool_size, generator=item_generator(seed, clip))[:multiplier].tolist()
+        for clip in range(n_clips)
+    ]
+
+
 def generate_mixture(s1, s2):
     """ESCContaminated.generate_mixture (mixtures and LJSpeech)."""
     s1 = s1 / torch.norm(s1)
@@ -162,13 +208,15 @@ def assert_stems_exact(item, original):
     assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4)
 
 
-def test_mixtures_use_the_pool_two_distinct_clips_per_clip():
+@pytest.mark.parametrize("draws", CONTAMINATION_DRAWS)
+def test_mixtures_use_the_pool_two_distinct_clips_per_clip(draws):
     valid, test = Toy(3), Toy(5, offset=10)
-    data = ContaminatedDataset(valid, "mixtures", contamination=test, multiplier=2, seed=7)
+    data = ContaminatedDataset(
+        valid, "mixtures", contamination=test, multiplier=2, seed=7, draws=draws
+    )
     assert len(data) == 6
     assert [data[i]["id"] for i in range(4)] == ["clip0_ov0", "clip0_ov1", "clip1_ov0", "clip1_ov1"]
-    for clip in range(3):
-        drawn = torch.randperm(5, generator=item_generator(7, clip))[:2].tolist()
+    for clip, drawn in enumerate(expected_indices(draws, 7, 3, 5, 2)):
         assert drawn[0] != drawn[1]
         for version in range(2):
             item = data[2 * clip + version]
@@ -185,7 +233,7 @@ def test_mixtures_use_the_pool_two_distinct_clips_per_clip():
 
 def test_white_noise_is_seeded_per_clip_and_independent_of_order():
     valid = Toy(3)
-    data = ContaminatedDataset(valid, "white_noise", multiplier=2, seed=3)
+    data = ContaminatedDataset(valid, "white_noise", multiplier=2, seed=3, draws="per_clip")
     item = data[3]  # clip 1, version 1
     noise = torch.randn(2, 300, generator=item_generator(3, 1))[1]
     assert torch.allclose(item["sig"], white_noise_mixture(valid[1]["sig"], noise), atol=1e-6)
@@ -195,12 +243,55 @@ def test_white_noise_is_seeded_per_clip_and_independent_of_order():
     backward = [data[i]["sig"] for i in reversed(range(len(data)))][::-1]
     assert all(torch.equal(a, b) for a, b in zip(forward, backward))
     # Any batch size gives the same items.
-    from speechbrain.dataio.batch import PaddedBatch
-
     loader = torch.utils.data.DataLoader(data, batch_size=4, collate_fn=PaddedBatch)
     batched = torch.cat([batch.sig.data for batch in loader])  # (6, T)
     assert torch.equal(batched, torch.stack(forward))
     assert ContaminatedDataset(valid, "white_noise", multiplier=1)[1]["id"] == "clip1_ov0"
+
+
+def test_published_draws_transcribe_the_published_sequential_read():
+    # 40 validation clips, a pool of 12 test clips, 2 versions, the YAML's seed.
+    assert published_draws(40, 12, 2, seed=1234) == published_sample_indices(1234, 40, 12, 2)
+    assert published_draws(5, 10000, 2, seed=0) == published_sample_indices(0, 5, 10000, 2)
+    # The import-time random.seed(10) is overridden by the YAML's seed_everything(seed).
+    assert published_draws(40, 12, 2, seed=1234) != published_draws(40, 12, 2, seed=10)
+
+
+def test_published_draws_do_not_depend_on_read_order_or_batch_size():
+    valid, test = Toy(6), Toy(9, offset=10)
+    data = ContaminatedDataset(valid, "mixtures", contamination=test, multiplier=2, seed=1234)
+    drawn = published_sample_indices(1234, 6, 9, 2)
+    order = list(range(len(data)))
+    random.Random(0).shuffle(order)
+    shuffled = {i: data[i]["sig"] for i in order}
+    for clip in range(6):
+        for version in range(2):
+            expected = generate_mixture(valid[clip]["sig"], test[drawn[clip][version]]["sig"])
+            assert torch.allclose(shuffled[2 * clip + version], expected, atol=1e-6)
+    loader = torch.utils.data.DataLoader(data, batch_size=5, collate_fn=PaddedBatch)
+    batched = torch.cat([batch.sig.data for batch in loader])  # (12, T)
+    assert torch.equal(batched, torch.stack([shuffled[i] for i in range(len(data))]))
+
+
+def test_published_white_noise_is_one_generator_in_clip_order_read_in_any_order():
+    valid = Toy(4)
+    lengths = [len(valid[i]["sig"]) for i in range(4)]
+    data = ContaminatedDataset(valid, "white_noise", multiplier=2, seed=3)
+    noises = published_white_noise(3, lengths, 2)
+    backward = {i: data[i]["sig"] for i in reversed(range(len(data)))}
+    for clip in range(4):
+        for version in range(2):
+            expected = white_noise_mixture(valid[clip]["sig"], noises[clip][version])
+            assert torch.allclose(backward[2 * clip + version], expected, atol=1e-6)
+            assert_stems_exact(data[2 * clip + version], valid[clip])
+    assert not torch.allclose(backward[0], backward[1])  # the two versions differ
+    loader = torch.utils.data.DataLoader(data, batch_size=3, collate_fn=PaddedBatch)
+    batched = torch.cat([batch.sig.data for batch in loader])  # (8, T)
+    assert torch.equal(batched, torch.stack([backward[i] for i in range(len(data))]))
+    # The global RNG is not touched.
+    state = torch.get_rng_state()
+    ContaminatedDataset(valid, "white_noise", multiplier=2, seed=3)[5]
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_contamination_errors():
@@ -212,6 +303,8 @@ def test_contamination_errors():
         ContaminatedDataset(Toy(2), "speech", contamination=Toy(2))
     with pytest.raises(ValueError, match="overlap_multiplier must be"):
         ContaminatedDataset(Toy(2), "white_noise", multiplier=0)
+    with pytest.raises(ValueError, match="published .* or per_clip"):
+        ContaminatedDataset(Toy(2), "white_noise", draws="global")
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,14 +359,16 @@ def test_ljspeech_layout_any_level_metadata_order(tmp_path):
     assert float(padded[3200:].abs().max()) == 0.0
 
 
-def test_ljspeech_contamination_follows_the_published_code(tmp_path):
+@pytest.mark.parametrize("draws", CONTAMINATION_DRAWS)
+def test_ljspeech_contamination_follows_the_published_code(tmp_path, draws):
     folder = write_ljspeech(tmp_path)
     clips = LJSpeechClips(str(tmp_path), sample_rate=16000)
     valid = Toy(2, length=6000)
-    data = ContaminatedDataset(valid, "LJSpeech", contamination=clips, multiplier=2, seed=1)
+    data = ContaminatedDataset(
+        valid, "LJSpeech", contamination=clips, multiplier=2, seed=1, draws=draws
+    )
     names = list(LJ_FILES)
-    for clip in range(2):
-        drawn = torch.randperm(3, generator=item_generator(1, clip))[:2].tolist()
+    for clip, drawn in enumerate(expected_indices(draws, 1, 2, 3, 2)):
         for version in range(2):
             noise = resampled(folder, names[drawn[version]])
             smpl = valid[clip]["sig"]

@@ -20,12 +20,13 @@ times (2), each time with another contaminating signal ``n``, by :func:`publishe
     =============  ====================================================  =====  =====
 
 The contaminating clips / files of one clip are distinct (drawn without replacement, as
-``random.sample`` does). **One deliberate difference**: the published code draws them with the
-global python ``random`` (seeded once at import) and the white noise with the global torch RNG,
-so what a clip gets depends on the order the clips are read in (and on everything that ran
-before); here each clip draws from its own ``torch.Generator`` seeded by ``(seed, clip index)``
-(:func:`item_generator`), so the condition is the same in every run, for any batch size, worker
-count or order. Two degenerate cases the published code turns into NaN or a sign flip are also
+``random.sample`` does). The published code draws them with the global python ``random`` and
+the white noise with the global torch RNG, one clip after the other as its loader reads them.
+``contamination_draws: published`` (the default) replays that order from private generators
+seeded by ``seed``, precomputed in clip order, so the selections are those of a sequential
+published run whatever the batch size, workers or read order (the white noise cannot be
+reproduced: :class:`ContaminatedDataset`); ``per_clip`` (ours) gives each clip its own
+``torch.Generator`` seeded by ``(seed, clip index)`` (:func:`item_generator`). Two degenerate cases the published code turns into NaN or a sign flip are also
 defined: a silent signal contributes nothing, and a mixture whose max is not positive is
 divided by its absolute peak instead.
 
@@ -57,6 +58,7 @@ import csv
 import logging
 import math
 import os
+import random
 import tempfile
 from collections import OrderedDict
 
@@ -84,6 +86,7 @@ __all__ = [
     "LJSPEECH_N_FILES",
     "OVERLAP_TYPES",
     "OVERLAP_WEIGHTS",
+    "CONTAMINATION_DRAWS",
     "ContaminatedDataset",
     "LJSpeechClips",
     "OverlapDataset",
@@ -96,6 +99,7 @@ __all__ = [
     "ljspeech_files",
     "overlap",
     "overlap_types",
+    "published_draws",
     "published_mixture",
     "resolve_ljspeech",
 ]
@@ -468,15 +472,76 @@ def _contaminated(item: dict, mixture, gain, n_part) -> dict:
     return item
 
 
+#: How :class:`ContaminatedDataset` draws: as the published sequential read, or per clip (ours).
+CONTAMINATION_DRAWS = ("published", "per_clip")
+
+
+def published_draws(n_clips: int, pool_size: int, multiplier: int, seed: int) -> list[list[int]]:
+    """Pool indices of every clip as the published ``eval.py`` draws them, in clip order.
+
+    Published ``ESCContaminated.__getitem__``: ``pool = [i for i in range(len(self.cont_d))]``,
+    ``indices = random.sample(pool, self.overlap_multiplier)``, one call per clip, from python's
+    global ``random``. Its ``random.seed(10)`` at import is overridden when the YAML is loaded
+    (``__set_seed: !apply:speechbrain.utils.seed_everything [!ref <seed>]`` calls
+    ``random.seed(seed)``) and nothing draws from python's ``random`` between that and the
+    evaluation loader (batch size 1, no workers, clips in order): the selections are those of
+    one ``random.Random(seed)`` consumed clip after clip.
+
+    Returns
+    -------
+    list of list of int
+        ``n_clips`` lists of ``multiplier`` distinct indices in ``range(pool_size)``.
+
+    Example
+    -------
+    >>> published_draws(3, 10, 2, seed=1234)
+    [[7, 1], [0, 1], [9, 0]]
+    """
+    rng = random.Random(int(seed))
+    pool = list(range(pool_size))
+    return [rng.sample(pool, multiplier) for _ in range(n_clips)]
+
+
+def _check_contamination_draws(draws: str) -> str:
+    if draws not in CONTAMINATION_DRAWS:
+        raise ValueError(
+            f"unknown contamination_draws {draws!r}; use published (the published eval.py's "
+            "sequential draws, replayed from generators seeded by seed) or per_clip (each clip "
+            "its own generator seeded by (seed, clip index))"
+        )
+    return draws
+
+
 class ContaminatedDataset(torch.utils.data.Dataset):
     """Published protocol: every clip of ``dataset`` in ``multiplier`` contaminated versions.
 
     Item ``m * i + k`` is version ``k`` of clip ``i`` (id ``<clip id>_ov<k>``): the published
     ``ESCContaminated`` returned the ``m`` versions of a clip as one nested batch; here they
     are separate items, so any batch size works. The contaminating clips (``mixtures``) or
-    LJSpeech files of clip ``i`` are ``m`` distinct draws from the pool, and its white noise
-    is drawn, from :func:`item_generator` ``(seed, i)``. Mixing: :func:`published_mixture`
-    with :data:`OVERLAP_WEIGHTS`. Batch it with ``collate_fn=speechbrain.dataio.batch.PaddedBatch``.
+    LJSpeech files of clip ``i`` are ``m`` distinct draws from the pool. Mixing:
+    :func:`published_mixture` with :data:`OVERLAP_WEIGHTS`. Batch it with
+    ``collate_fn=speechbrain.dataio.batch.PaddedBatch``.
+
+    Draws (``draws``, YAML ``contamination_draws``; docs/DIFFERENCES.md, E2):
+
+    * ``"published"``: the published ``eval.py`` reads the clips in order (batch 1, no
+      workers) and draws, for each clip, ``random.sample(pool, m)`` from python's global
+      ``random`` and, for white noise, ``torch.randn(sample["sig"].shape)`` ``m`` times from
+      torch's global RNG. Here the selections are :func:`published_draws` (one
+      ``random.Random(seed)`` consumed in clip order: with the YAML's ``seed`` and the same
+      clip and pool order, the indices of a published run, whose ``random.seed(10)`` at import
+      is overridden by its YAML's ``seed_everything(seed)``), computed at construction. The
+      white noise comes from one ``torch.Generator`` seeded by ``seed`` and consumed in the
+      published order (clip after clip, ``m`` ``randn(T)`` calls each); its state before each
+      clip is stored at construction (which reads every clip once for its length), so items
+      can be read in any order. **Not reproduced**: the published white noise values, which
+      come from torch's global RNG after the YAML's seeding *and* after everything that drew
+      from it before the evaluation (model initialisation, ...): the same kind and order of
+      draws, other values.
+    * ``"per_clip"`` (ours): clip ``i`` draws its pool indices (``torch.randperm``) and its
+      white noise from its own :func:`item_generator` ``(seed, i)``.
+
+    Both are independent of batch size, workers and read order.
 
     Arguments
     ---------
@@ -491,7 +556,9 @@ class ContaminatedDataset(torch.utils.data.Dataset):
     multiplier : int
         Contaminated versions per clip (published ``overlap_multiplier``: 2).
     seed : int
-        Seed of the per-clip generators.
+        Seed of the generators (published: the YAML's ``seed``).
+    draws : str
+        ``"published"`` (default) or ``"per_clip"`` (ours), see above.
 
     Example
     -------
@@ -501,7 +568,7 @@ class ContaminatedDataset(torch.utils.data.Dataset):
     ...     def __getitem__(self, i):
     ...         return {"id": str(i), "sig": torch.ones(100) * (i + 1)}
     >>> noisy = ContaminatedDataset(Toy(), "white_noise", multiplier=2)
-    >>> len(noisy), noisy[3]["id"], float(noisy[3]["sig"].max())
+    >>> len(noisy), noisy[3]["id"], round(float(noisy[3]["sig"].max()), 4)
     (6, '1_ov1', 1.0)
     """
 
@@ -512,6 +579,7 @@ class ContaminatedDataset(torch.utils.data.Dataset):
         contamination=None,
         multiplier: int = 2,
         seed: int = 0,
+        draws: str = "published",
     ):
         self.dataset = dataset
         self.overlap_type = check_overlap_type(overlap_type)
@@ -531,18 +599,60 @@ class ContaminatedDataset(torch.utils.data.Dataset):
                 f"contaminating signals per clip but the pool has {len(contamination)}; use "
                 "more test folds / LJSpeech files, or a smaller --overlap_multiplier"
             )
+        self.draws = _check_contamination_draws(draws)
+        self._pool_indices: list[list[int]] = []  # published: (clips, multiplier)
+        self._noise_states: list[tuple[torch.Tensor, int]] = []  # published: (state, T) per clip
+        if self.draws == "published" and self.overlap_type == "white_noise":
+            self._noise_states = self._published_noise_states()
+        elif self.draws == "published":
+            self._pool_indices = published_draws(
+                len(self.dataset), len(contamination), self.multiplier, self.seed
+            )
+
+    def _published_noise_states(self) -> list[tuple[torch.Tensor, int]]:
+        """One generator seeded by ``seed``, advanced as the published loop draws (clip after
+        clip, ``multiplier`` ``randn(T)`` calls each): its state before each clip, and T."""
+        generator = torch.Generator().manual_seed(self.seed)
+        states = []
+        for clip in range(len(self.dataset)):
+            length = _read_sig(self.dataset, clip).numel()
+            states.append((generator.get_state(), length))
+            for _ in range(self.multiplier):
+                torch.randn(length, generator=generator)
+        return states
 
     def __len__(self) -> int:
         return len(self.dataset) * self.multiplier
 
     def contaminating_signal(self, index: int, version: int, length: int) -> torch.Tensor:
         """The (length,) contaminating signal of version ``version`` of clip ``index``."""
+        if self.draws == "published":
+            return self._published_signal(index, version, length)
         generator = item_generator(self.seed, index)
         if self.overlap_type == "white_noise":
             noises = torch.randn(version + 1, length, generator=generator)  # (version + 1, T)
             return noises[version]
         pool = torch.randperm(len(self.contamination), generator=generator)
         j = int(pool[version])  # distinct per version, as random.sample(pool, multiplier)
+        if self.overlap_type == "LJSpeech":
+            return self.contamination.head(j, length)
+        return fit_start(_read_sig(self.contamination, j), length)
+
+    def _published_signal(self, index: int, version: int, length: int) -> torch.Tensor:
+        """``contaminating_signal`` of the published draws (see the class docstring)."""
+        if self.overlap_type == "white_noise":
+            state, drawn_length = self._noise_states[index]
+            if drawn_length != length:
+                raise ValueError(
+                    f"clip {index} has {length} samples but had {drawn_length} when the "
+                    "dataset was contaminated; build the ContaminatedDataset on the data it reads"
+                )
+            generator = torch.Generator()
+            generator.set_state(state)
+            for _ in range(version):  # the versions before this one (published: one randn each)
+                torch.randn(length, generator=generator)
+            return torch.randn(length, generator=generator)
+        j = self._pool_indices[index][version]
         if self.overlap_type == "LJSpeech":
             return self.contamination.head(j, length)
         return fit_start(_read_sig(self.contamination, j), length)

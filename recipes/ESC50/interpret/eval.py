@@ -82,7 +82,8 @@ def evaluation_runs(hparams: dict, datasets: dict, speech: LJSpeechClips | None)
     ---------
     hparams : dict
         Reads ``eval_protocol``, ``overlap_type``, ``overlap_multiplier`` (published),
-        ``add_wham_noise`` (published), ``wham_folder`` (ours) and ``seed``.
+        ``add_wham_noise`` (published), ``wham_folder`` (ours), ``seed`` and
+        ``contamination_draws`` (published protocol; ``published`` when absent).
     datasets : dict
         ``{"valid": ..., "test": ...}`` from :func:`prepare_datasets`.
     speech : LJSpeechClips or None
@@ -112,6 +113,7 @@ def evaluation_runs(hparams: dict, datasets: dict, speech: LJSpeechClips | None)
             contamination=pools[overlap_type],
             multiplier=hparams["overlap_multiplier"],
             seed=seed,
+            draws=hparams.get("contamination_draws", "published"),
         )
         runs.append((overlap_type, ood_set, False))
     return runs or [("clean", valid_set, False)]
