@@ -64,6 +64,38 @@ PUBLISHED_AMT = [  # amt_focalnet.yaml and amt_vit.yaml have the same keys
     "classifier_model_path", "pretrained_esc50", "quantile", "n_fft", "spec_mag_power",
     "hop_length", "win_length", "compute_stft", "compute_istft", "modules",
 ]  # fmt: skip
+PUBLISHED_L2I_CNN14 = [
+    "seed", "__set_seed", "overlap_type", "int_method", "ljspeech_path", "single_sample",
+    "pretrained_interpreter", "data_folder", "audio_data_folder", "add_wham_noise",
+    "signal_length_s", "wham_folder", "wham_audio_folder", "experiment_name", "output_folder",
+    "save_folder", "train_log", "save_interpretations", "classifier_temp", "use_tensorboard",
+    "tensorboard_logs_folder", "train_annotation", "valid_annotation", "test_annotation",
+    "train_fold_nums", "valid_fold_nums", "test_fold_nums", "skip_manifest_creation",
+    "ckpt_interval_minutes", "number_of_epochs", "batch_size", "lr", "sample_rate",
+    "interpret_period", "relevance_th", "n_mels", "left_frames", "right_frames", "deltas",
+    "out_n_neurons", "shuffle", "dataloader_options", "epoch_counter", "opt_class",
+    "lr_annealing", "use_melspectra_log1p", "train_logger", "checkpointer", "compute_features",
+    "embedding_model", "classifier", "K", "n_freq", "n_fft", "spec_mag_power", "hop_length",
+    "win_length", "compute_stft", "compute_fbank", "compute_istft", "psi_model", "theta",
+    "nmf_decoder", "alpha", "beta", "modules", "embedding_model_path", "classifier_model_path",
+    "nmf_decoder_path", "use_pretrained", "pretrained_esc50",
+]  # fmt: skip
+PUBLISHED_L2I_CONV2D = [
+    "seed", "__set_seed", "data_folder", "audio_data_folder", "int_method", "add_wham_noise",
+    "overlap_type", "ljspeech_path", "single_sample", "pretrained_interpreter",
+    "experiment_name", "output_folder", "save_folder", "train_log", "wham_folder",
+    "wham_audio_folder", "test_only", "save_interpretations", "use_tensorboard",
+    "tensorboard_logs_folder", "train_annotation", "valid_annotation", "test_annotation",
+    "train_fold_nums", "valid_fold_nums", "test_fold_nums", "skip_manifest_creation",
+    "ckpt_interval_minutes", "number_of_epochs", "batch_size", "lr", "sample_rate",
+    "interpret_period", "relevance_th", "signal_length_s", "use_melspectra_log1p", "n_mels",
+    "out_n_neurons", "shuffle", "dataloader_options", "epoch_counter", "opt_class",
+    "lr_annealing", "train_logger", "checkpointer", "embedding_model", "classifier_temp",
+    "classifier", "K", "n_freq", "n_fft", "spec_mag_power", "hop_length", "win_length",
+    "compute_stft", "compute_fbank", "compute_istft", "psi_model", "theta", "nmf_decoder",
+    "alpha", "beta", "modules", "embedding_model_path", "classifier_model_path",
+    "nmf_decoder_path", "use_pretrained", "pretrained_esc50",
+]  # fmt: skip
 PUBLISHED = {
     "lmac_cnn14.yaml": PUBLISHED_LMAC_CNN14,
     "amt_focalnet.yaml": PUBLISHED_AMT,
