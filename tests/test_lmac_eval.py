@@ -167,6 +167,7 @@ def test_evaluation_runs_folds_and_multiplier(ljspeech):
         "add_wham_noise": True,
         "wham_folder": "W",
         "seed": 0,
+        "contamination_draws": "published",
     }
     speech = LJSpeechClips(ljspeech)
     runs = runs_of(hparams, datasets, speech)

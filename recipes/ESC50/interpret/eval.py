@@ -83,7 +83,7 @@ def evaluation_runs(hparams: dict, datasets: dict, speech: LJSpeechClips | None)
     hparams : dict
         Reads ``eval_protocol``, ``overlap_type``, ``overlap_multiplier`` (published),
         ``add_wham_noise`` (published), ``wham_folder`` (ours), ``seed`` and
-        ``contamination_draws`` (published protocol; ``published`` when absent).
+        ``contamination_draws`` (published protocol).
     datasets : dict
         ``{"valid": ..., "test": ...}`` from :func:`prepare_datasets`.
     speech : LJSpeechClips or None
@@ -113,7 +113,7 @@ def evaluation_runs(hparams: dict, datasets: dict, speech: LJSpeechClips | None)
             contamination=pools[overlap_type],
             multiplier=hparams["overlap_multiplier"],
             seed=seed,
-            draws=hparams.get("contamination_draws", "published"),
+            draws=hparams["contamination_draws"],
         )
         runs.append((overlap_type, ood_set, False))
     return runs or [("clean", valid_set, False)]

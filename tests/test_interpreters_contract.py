@@ -1,0 +1,134 @@
+"""Every interpreter through the same tiny evaluation (as tests/test_models_contract.py does for
+the backbones): ``eval.py <its YAML>`` on the same clips, one OOD setting and WHAM!, then one
+file. Each must write the same ``test_metrics.json`` keys (beyond a few of its own), finite
+numbers, listenable WAVs of the clip's length and a PNG per saved clip, through the one shared
+evaluation path (``audio_interpretability.brains.evaluation``).
+
+Adding an interpreter = one entry in ``INTERPRETERS`` below: its YAML, tiny sizes, and how to
+write a (random) classifier checkpoint and, for trainable interpreters, a ``psi_model.ckpt``.
+"""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from hyperpyyaml import load_hyperpyyaml
+
+from audio_interpretability.checkpoints import export_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: name -> (YAML, tiny size overrides, trainable: writes psi_model.ckpt from the YAML's psi_model)
+INTERPRETERS = {
+    "amt_focalnet": (
+        "amt_focalnet.yaml",
+        {"img_size": 32, "embed_dim": 8, "depths": [1, 1, 1, 1]},
+        False,
+    ),
+    "amt_vit": (
+        "amt_vit.yaml",
+        {"img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2},
+        False,
+    ),
+    "lmac": ("lmac_cnn14.yaml", {"base_channels": 2, "emb_dim": 64, "decoder_width": 16}, True),
+}
+
+#: Keys every interpreter's test_metrics.json holds (faithfulness, localisation, baselines).
+COMMON_KEYS = {
+    "loss", "n_samples", "accuracy", "fid_in", "in_drop", "FF", "AI", "AD", "AG", "SPS", "COMP",
+    "loc_precision", "loc_recall", "loc_iou", "loc_energy_in", "loc_time_corr", "loc_freq_corr",
+    "mask_input_dependence",
+}  # fmt: skip
+#: Keys only some interpreters add (AMT: the fraction of bins kept).
+OWN_KEYS = {"mask_fraction"}
+
+
+def load_eval():
+    spec = importlib.util.spec_from_file_location(
+        "contract_eval", ROOT / "recipes" / "ESC50" / "interpret" / "eval.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_checkpoints(name: str, folder: Path) -> dict:
+    """Random classifier (and interpreter) weights built from the YAML at tiny size."""
+    yaml, sizes, trainable = INTERPRETERS[name]
+    torch.manual_seed(0)
+    with open(ROOT / "hparams" / yaml, encoding="utf-8") as f:
+        hp = load_hyperpyyaml(
+            f,
+            {"data_folder": str(folder), "output_folder": str(folder), "out_n_neurons": 5, **sizes},
+        )
+    paths = export_classifier(hp["embedding_model"], hp["classifier"], str(folder))
+    if trainable:
+        paths["psi"] = str(folder / "psi_model.ckpt")
+        torch.save(hp["psi_model"].state_dict(), paths["psi"])
+    return paths
+
+
+def run_eval(name: str, folder: Path, data: str, wham: str, **extra) -> dict:
+    yaml, sizes, trainable = INTERPRETERS[name]
+    paths = write_checkpoints(name, folder / "ckpt")
+    options = {
+        "data_folder": data,
+        "output_folder": folder / "out",
+        "embedding_model_path": paths["embedding_model"],
+        "classifier_model_path": paths["classifier"],
+        "out_n_neurons": 5,
+        "batch_size": 4,
+        "num_threads": 0,
+        "n_saved_interpretations": 2,
+        "wham_folder": wham,
+        **sizes,
+        **extra,
+    }
+    if trainable:
+        options["pretrained_interpreter"] = paths["psi"]
+    argv = [str(ROOT / "hparams" / yaml), "--noprogressbar", "--device", "cpu"]
+    argv += [x for k, v in options.items() for x in (f"--{k}", str(v))]
+    return load_eval().main(argv)
+
+
+@pytest.mark.parametrize("name", sorted(INTERPRETERS))
+def test_same_evaluation_same_outputs(name, tmp_path, tiny_esc50, tiny_wham):
+    results = run_eval(
+        name, tmp_path, tiny_esc50, tiny_wham, overlap_type="mixtures", add_wham_noise=True
+    )
+    assert set(results) == {"wham", "mixtures"}
+    for setting, n_clips in (("wham", 10), ("mixtures", 20)):  # valid fold; 2 versions a clip
+        folder = tmp_path / "out" / setting
+        metrics = json.loads((folder / "test_metrics.json").read_text())
+        assert metrics == results[setting]
+        assert all(math.isfinite(v) for v in metrics.values()), metrics
+        assert metrics["n_samples"] == n_clips
+        own = (
+            set(metrics) - COMMON_KEYS - {k for k in metrics if k.startswith(("random_", "swap_"))}
+        )
+        assert COMMON_KEYS <= set(metrics) and own <= OWN_KEYS, own
+        assert {f"random_{k}" for k in ("FF", "AI", "loc_iou")} <= set(metrics)
+        clips = sorted((folder / "interpretations").iterdir())
+        assert len(clips) == 2
+        for clip in clips:
+            original, rate = sf.read(clip / "original.wav")
+            interpretation, _ = sf.read(clip / "interpretation.wav")
+            assert rate == 16000 and original.shape == interpretation.shape == (16000,)
+            assert (clip / f"{clip.name}.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", sorted(INTERPRETERS))
+def test_single_file(name, tmp_path, tiny_esc50, tiny_wham):
+    clip = sorted(Path(tiny_esc50, "audio").glob("*.wav"))[0]
+    target = tmp_path / "single" / "interpretation.wav"
+    result = run_eval(
+        name, tmp_path, tiny_esc50, tiny_wham, single_sample=clip, single_sample_output=target
+    )
+    wav, rate = sf.read(target)
+    assert rate == 16000 and wav.shape == (16000,) and result["wav_path"] == target
+    assert target.with_suffix(".png").stat().st_size > 0
+    assert 0 <= result["predicted_index"] < 5
