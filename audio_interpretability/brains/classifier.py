@@ -40,7 +40,7 @@ import speechbrain as sb
 import torch
 from speechbrain.nnet.schedulers import CyclicLRScheduler, ReduceLROnPlateau
 
-from audio_interpretability.data.wham import WhamNoise, check_wham_args, mix_at_snr
+from audio_interpretability.data.wham import WhamNoise, mix_at_snr
 from audio_interpretability.models.base import ClassifierOutput
 
 logger = logging.getLogger(__name__)
@@ -256,19 +256,9 @@ class ClassifierBrain(sb.Brain):
                 f"--out_n_neurons {len(class_names)} to match the data"
             )
         self.class_names = list(class_names)
-        check_wham_args(self.hparams.add_wham_noise, self.hparams.wham_folder)
         # Created once: its private RNG keeps drawing new crops batch after batch (seeded per
         # DDP process, so that processes do not draw the same crops).
-        self.wham = (
-            WhamNoise(
-                self.hparams.wham_folder,
-                sample_rate=self.hparams.sample_rate,
-                split="tr",
-                seed=self.hparams.seed + (sb.utils.distributed.get_rank() or 0),
-            )
-            if self.hparams.add_wham_noise
-            else None
-        )
+        self.wham = WhamNoise.from_hparams(self.hparams.__dict__, split="tr")
         self.confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
         self.train_stats: dict = {}
 

@@ -157,9 +157,11 @@ class WhamNoise:
 
         Reads ``add_wham_noise`` (unless ``enabled`` is given), ``wham_folder`` (checked
         first, with the fix in the error), ``wham_split`` (unless ``split`` is given, e.g. the
-        test split), ``seed`` and the front-end's ``sample_rate`` (``frontend``, else
-        ``sample_rate``).
+        test split), ``seed`` (plus the DDP rank, so that processes draw different crops) and
+        the front-end's ``sample_rate`` (``frontend``, else ``sample_rate``).
         """
+        from speechbrain.utils.distributed import get_rank
+
         enabled = bool(hparams["add_wham_noise"] if enabled is None else enabled)
         folder = check_wham_args(enabled, hparams["wham_folder"])
         if not enabled:
@@ -170,7 +172,7 @@ class WhamNoise:
             folder,
             sample_rate=int(sample_rate),
             split=split or hparams["wham_split"],
-            seed=int(hparams["seed"]),
+            seed=int(hparams["seed"]) + (get_rank() or 0),
         )
 
     def reset(self) -> None:
