@@ -96,7 +96,18 @@ PUBLISHED_L2I_CONV2D = [
     "alpha", "beta", "modules", "embedding_model_path", "classifier_model_path",
     "nmf_decoder_path", "use_pretrained", "pretrained_esc50",
 ]  # fmt: skip
+PUBLISHED_NMF = [
+    "seed", "__set_seed", "data_folder", "audio_data_folder", "experiment_name",
+    "output_folder", "save_folder", "train_log", "save_period", "save_nmfdictionary",
+    "nmf_savepath", "train_annotation", "valid_annotation", "test_annotation",
+    "train_fold_nums", "valid_fold_nums", "test_fold_nums", "skip_manifest_creation",
+    "ckpt_interval_minutes", "number_of_epochs", "batch_size", "lr", "sample_rate",
+    "signal_length_s", "shuffle", "dataloader_options", "epoch_counter", "compute_stft",
+    "compute_stft_mag", "opt_class", "train_logger", "K", "N_FREQ", "nmf_decoder",
+    "nmf_encoder", "modules", "checkpointer",
+]  # fmt: skip
 PUBLISHED = {
+    "nmf.yaml": PUBLISHED_NMF,
     "lmac_cnn14.yaml": PUBLISHED_LMAC_CNN14,
     "amt_focalnet.yaml": PUBLISHED_AMT,
     "amt_vit.yaml": PUBLISHED_AMT,
@@ -241,6 +252,7 @@ README = {
     "amt_focalnet": "python interpret_amt.py hparams/amt_focalnet.yaml "
     "--data_folder /yourpath/ESC50",
     "amt_vit": "python interpret_amt.py hparams/amt_vit.yaml --data_folder /yourpath/ESC50",
+    "nmf": "python train_nmf.py hparams/nmf.yaml --data_folder /yourpath/ESC50 --save_period 30",
     "eval_ood": "python eval.py hparams/<config>.yaml --data_folder /yourpath/esc50 "
     "--overlap_type <mixtures/LJSpeech/white_noise> --add_wham_noise False "
     "--pretrained_interpreter yourpath/psi_model.ckpt",
@@ -356,3 +368,12 @@ def test_interpret_period_saves_validation_interpretations(tmp_path, tiny_esc50,
     (clip,) = epoch.iterdir()  # n_saved_interpretations = 1
     assert (clip / "interpretation.wav").is_file() and (clip / f"{clip.name}.png").is_file()
     assert len(list((out / "interpretations").iterdir())) == 1  # the test clips, as before
+
+
+def test_readme_nmf_command(tmp_path, tiny_esc50, in_recipe_dir):
+    extra = as_args({"sample_rate": 16000, "K": 4, "batch_size": 5, "number_of_epochs": 1,
+                     "train_fold_nums": "[1]", "output_folder": tmp_path / "out"})  # fmt: skip
+    stats = run_readme("nmf", {"/yourpath/ESC50": tiny_esc50}, extra)
+    assert stats == read_json(tmp_path / "out" / "test_metrics.json")
+    assert (tmp_path / "out" / "save" / "nmf_decoder.ckpt").is_file()
+    assert not (tmp_path / "out" / "nmf_rec").exists()  # save_period 30: no PNG at epoch 1
