@@ -109,6 +109,7 @@ PUBLISHED_NMF = [
 PUBLISHED = {
     "nmf.yaml": PUBLISHED_NMF,
     "lmac_cnn14.yaml": PUBLISHED_LMAC_CNN14,
+    "l2i_cnn14.yaml": PUBLISHED_L2I_CNN14,
     "amt_focalnet.yaml": PUBLISHED_AMT,
     "amt_vit.yaml": PUBLISHED_AMT,
 }
