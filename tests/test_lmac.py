@@ -422,3 +422,24 @@ def test_recipe_with_wham_noise(tmp_path, tiny_esc50, tiny_wham, device, classif
     assert noisy["n_samples"] == clean["n_samples"] == 10.0
     # Same decoder, different inputs: the noisy setting scores differently.
     assert noisy["loc_energy_in"] != clean["loc_energy_in"] and noisy["AD"] != clean["AD"]
+
+
+def test_nmf_view_of_saved_figures(tmp_path, device, classifier_ckpt):
+    """nmf_view_path adds M*X rebuilt from its most active atoms of a train_nmf.py dictionary."""
+    from audio_interpretability.nmf import NMFDecoderAudio, export_nmf_decoder
+
+    torch.manual_seed(0)
+    path = export_nmf_decoder(NMFDecoderAudio(n_comp=6, n_freq=513), tmp_path / "nmf")
+    brain = make_brain(
+        tmp_path, device, classifier_ckpt, nmf_view_path=str(path), nmf_view_components=2
+    )
+    X_int, mask, _, X = brain.interpret_computation_steps(tiny_batch().sig.data)
+    panels = brain.interpretation_panels(X, mask, {}, 0)
+    title, view = panels[-1]
+    assert title == "M*X from its top 2 NMF atoms" and view.shape == X[0].shape
+    assert bool((view >= 0).all()) and float(view.sum()) > 0
+    # 2 atoms of 6 rebuild M*X less well than all 6 would, but they do follow it
+    assert torch.corrcoef(torch.stack((view.flatten(), X_int[0].cpu().flatten())))[0, 1] > 0
+    assert len(panels) == len(super(type(brain), brain).interpretation_panels(X, mask, {}, 0)) + 1
+    with pytest.raises(FileNotFoundError, match="nmf_view_path"):
+        make_brain(tmp_path, device, classifier_ckpt, nmf_view_path=str(tmp_path / "none.ckpt"))

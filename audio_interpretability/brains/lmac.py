@@ -51,6 +51,7 @@ Authors
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import speechbrain as sb
@@ -94,6 +95,29 @@ __all__ = [
     "published_tv_loss",
     "total_variation",
 ]
+
+
+def _load_dictionary(path) -> torch.Tensor:
+    """The (bins, K) dictionary ``relu(W)`` of an ``nmf_decoder.ckpt`` (train_nmf.py), checked."""
+    from audio_interpretability.nmf import NMFDecoderAudio, dictionary, load_nmf_decoder
+
+    path = str(path)
+    probe = path if not os.path.isdir(path) else os.path.join(path, "nmf_decoder.ckpt")
+    if not os.path.isfile(probe):
+        raise FileNotFoundError(
+            f"nmf_view_path {path} does not exist; pass the nmf_decoder.ckpt written by "
+            "recipes/ESC50/interpret/train_nmf.py (or null for no NMF view)"
+        )
+    state = torch.load(probe, map_location="cpu", weights_only=True)
+    W = state.get("W") if isinstance(state, dict) else state
+    if not isinstance(W, torch.Tensor) or W.dim() != 2 or W.shape[0] != 513:
+        raise ValueError(
+            f"nmf_view_path {path} is not a 513-bin NMF dictionary; pass the nmf_decoder.ckpt "
+            "of a train_nmf.py run with n_fft 1024"
+        )
+    decoder = load_nmf_decoder(probe, NMFDecoderAudio(n_comp=W.shape[1], n_freq=W.shape[0]))
+    with torch.no_grad():
+        return dictionary(decoder).detach()
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,11 +454,32 @@ class LMAC(TrainableInterpreterBrain):
         "regularizer",
         "guidance_reference",
         "frame_alignment",
+        "nmf_view_path",
+        "nmf_view_components",
     )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._reset_gate_counts()
+        self.nmf_view = None  # (bins, K) dictionary of the NMF view of saved figures
+        if self.hparams.nmf_view_path:
+            self.nmf_view = _load_dictionary(self.hparams.nmf_view_path)
+
+    def interpretation_panels(self, X, mask, extras, index, truths=None):
+        """The base panels plus, with ``nmf_view_path``, the interpretation seen through an NMF
+        dictionary: ``M * X`` decomposed on its atoms (:func:`audio_interpretability.nmf.decompose`)
+        and rebuilt from the ``nmf_view_components`` most active ones."""
+        panels = super().interpretation_panels(X, mask, extras, index, truths)
+        if self.nmf_view is not None:
+            from audio_interpretability.nmf import decompose
+
+            X_int = (mask[index] * X[index]).detach().float().cpu()[None]  # (1, frames, bins)
+            H = decompose(X_int, self.nmf_view, n_iter=100).H  # (1, K, frames)
+            k = min(int(self.hparams.nmf_view_components), H.shape[1])
+            top = H[0].sum(dim=1).topk(k).indices  # the most active atoms
+            view = (self.nmf_view[:, top] @ H[0, top]).T  # (frames, bins)
+            panels.append((f"M*X from its top {k} NMF atoms", view))
+        return panels
 
     # ------------------------------------------------------------------ set-up
     def check_options(self) -> None:
