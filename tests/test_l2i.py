@@ -240,14 +240,14 @@ def test_published_checkpoints_load_strictly(tmp_path, device, ckpts):
 # --------------------------------------------------------------------------------------------
 # The recipe and eval.py
 # --------------------------------------------------------------------------------------------
-def recipe_args(data, out, ckpts, device, **overrides) -> list[str]:
+def recipe_args(data, out, ckpts, device, sizes=None, **overrides) -> list[str]:
     options = {
         "data_folder": data,
         "output_folder": out,
         "embedding_model_path": ckpts["embedding_model"],
         "classifier_model_path": ckpts["classifier"],
         "nmf_decoder_path": ckpts["nmf"],
-        **TINY,
+        **(TINY if sizes is None else sizes),
         "train_fold_nums": "[1]",
         "batch_size": 5,
         "lr": 0.002,
@@ -304,3 +304,81 @@ def test_eval_every_overlap_setting(tmp_path, tiny_esc50, ljspeech, device, ckpt
         assert metrics == values and metrics["n_samples"] == 20.0  # fold 4, 2 versions each
         assert set(METRIC_KEYS[:-2] + L2I_KEYS) <= set(metrics)
         assert any((out / setting / "interpretations").rglob("*.png"))
+
+
+# --------------------------------------------------------------------------------------------
+# The Conv2d classifier (hparams/l2i_conv2d.yaml)
+# --------------------------------------------------------------------------------------------
+CONV2D_YAML = ROOT / "hparams" / "l2i_conv2d.yaml"
+CONV2D_FRAMES = 81  # PsiOptimized's frames for a 1 s clip (87 frames); 417 for 5 s
+CONV2D_TINY = {"emb_dim": 8, "out_n_neurons": N_CLASSES, "K": K, "theta_frames": CONV2D_FRAMES}
+
+
+@pytest.fixture(scope="module")
+def conv2d_ckpts(tmp_path_factory) -> dict:
+    """Tiny Conv2dEncoder_v2 + ECAPA head, NMF dictionary and a PsiOptimized + Theta, as the
+    published checkpointer saves them (random weights)."""
+    from speechbrain.lobes.models.L2I import PsiOptimized
+
+    from audio_interpretability.models.conv2d import Conv2dEncoder
+    from audio_interpretability.models.heads import CosineHead
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("conv2d")
+    paths = export_classifier(
+        Conv2dEncoder(dim=8), CosineHead(8, N_CLASSES, scale=1.0, lin_blocks=1), folder
+    )
+    paths["nmf"] = str(folder / "nmf_decoder.ckpt")
+    torch.save(NMFDecoderAudio(n_comp=K, n_freq=513).state_dict(), paths["nmf"])
+    paths["psi"] = str(folder / "psi_model.ckpt")
+    psi = PsiOptimized(dim=8, K=K, use_adapter=False, adapter_reduce_dim=False)
+    torch.save(psi.state_dict(), paths["psi"])
+    theta = Theta(n_comp=K, T=CONV2D_FRAMES, num_classes=N_CLASSES)
+    torch.save(theta.state_dict(), folder / THETA_FILE)
+    return paths
+
+
+def test_conv2d_encoder_is_the_published_one():
+    from speechbrain.lobes.models.PIQ import Conv2dEncoder_v2
+
+    from audio_interpretability.models.conv2d import Conv2dEncoder
+
+    ours, published = Conv2dEncoder(dim=8).eval(), Conv2dEncoder_v2(dim=8).eval()
+    ours.load_state_dict(published.state_dict())  # strict: the same parameters
+    X = torch.rand(2, 87, 513)
+    out = ours(ours.input_from_spectrogram(X), return_maps=True)
+    with torch.no_grad():
+        torch.testing.assert_close(out.embedding, published(X).mean((-1, -2)))
+    assert out.maps[0].shape == (2, 8, 5, 32)
+
+
+def test_conv2d_recipe_and_mask(tmp_path, tiny_esc50, device, conv2d_ckpts):
+    args = recipe_args(tiny_esc50, tmp_path / "run", conv2d_ckpts, device, sizes=CONV2D_TINY)
+    args[0] = str(CONV2D_YAML)
+    results = load_script("train_l2i").main(args)
+    metrics = read_json(tmp_path / "run" / "test_metrics.json")
+    assert metrics == results["main"] and metrics["n_samples"] == 10.0
+    assert set(METRIC_KEYS + L2I_KEYS) <= set(metrics)
+    # The mask: psi's 81 frames, zero-padded to X's 87 (published F.pad), in [0, 1].
+    values = {
+        "data_folder": str(tmp_path / "unused"),
+        "output_folder": str(tmp_path / "out"),
+        "embedding_model_path": conv2d_ckpts["embedding_model"],
+        "classifier_model_path": conv2d_ckpts["classifier"],
+        "nmf_decoder_path": conv2d_ckpts["nmf"],
+        "pretrained_interpreter": conv2d_ckpts["psi"],
+        **CONV2D_TINY,
+    }
+    with open(CONV2D_YAML, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f, values)
+    brain = L2I(modules=hparams["modules"], hparams=hparams,
+                run_opts={"device": str(device), "noprogressbar": True})  # fmt: skip
+    brain.on_stage_start(sb.Stage.TEST)
+    with torch.no_grad():
+        out = brain.compute_forward(tiny_batch(), sb.Stage.TEST)
+    assert out.mask.shape == out.X.shape == (3, FRAMES, 513)
+    assert out.extras["activations"].shape == (3, K, CONV2D_FRAMES)
+    assert bool(((out.mask >= 0) & (out.mask <= 1)).all())
+    assert float(out.mask[:, CONV2D_FRAMES:].abs().max()) == 0.0
+    expected = published_mask(brain, out.extras["activations"], out.logits).clamp(0, 1)
+    torch.testing.assert_close(out.mask[:, :CONV2D_FRAMES], expected, atol=1e-5, rtol=1e-5)

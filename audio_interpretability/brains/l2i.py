@@ -92,6 +92,7 @@ __all__ = [
     "l2i_loss",
     "l2i_mask",
     "nmf_activations",
+    "psi_input",
     "relevance",
 ]
 
@@ -153,6 +154,21 @@ def nmf_activations(psi_out) -> torch.Tensor:
     if isinstance(psi_out, tuple):
         return psi_out[0].squeeze(1).permute(0, 2, 1)
     return psi_out
+
+
+def psi_input(maps: tuple):
+    """What ``psi`` reads, as published: the classifier's hidden representations ``f_I``.
+
+    CNN14 (``return_reps``) hands its tuple of block outputs to ``psi``; a classifier with a
+    single representation (the Conv2d encoder) hands the tensor itself.
+
+    Example
+    -------
+    >>> x = torch.zeros(1)
+    >>> psi_input((x,)) is x, psi_input((x, x)) == (x, x)
+    (True, True)
+    """
+    return maps[0] if len(maps) == 1 else maps
 
 
 def fit_frames(x: torch.Tensor, frames: int) -> torch.Tensor:
@@ -421,7 +437,7 @@ class L2I(TrainableInterpreterBrain):
         ``theta_out`` (B, C), ``relevance`` (B, K) and ``selected`` (B, K) bool.
         """
         frames = spec.X.shape[1]
-        H = nmf_activations(self.modules.psi(clf.maps))[:, :, :frames]  # (B, K, frames')
+        H = nmf_activations(self.modules.psi(psi_input(clf.maps)))[:, :, :frames]  # (B, K, frames')
         decoder = self.hparams.nmf_decoder
         reconstruction = decoder(H).transpose(1, 2)  # (B, frames', n_freq)
         theta_in = fit_frames(H, int(self.hparams.theta_frames))  # (B, K, theta_frames)
