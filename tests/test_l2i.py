@@ -283,6 +283,19 @@ def test_recipe_trains_and_writes_metrics_wavs_pngs(tmp_path, tiny_esc50, device
     assert wavs.count("interpretation.wav") == 2 and wavs.count("original.wav") == 2
     log = (out / "train_log.txt").read_text()
     assert "epoch: 1" in log and "valid fid_in" in log
+    # The exported psi_model.ckpt + theta.ckpt give the same test metrics. (SpeechBrain 1.1.2
+    # parses --test_only as a flag: "--test_only True" would glue "True" onto the previous
+    # override's value, so the flag goes alone.)
+    only = tmp_path / "only"
+    psi = out / "save" / "psi_model.ckpt"
+    args = recipe_args(tiny_esc50, only, ckpts, device, pretrained_interpreter=psi)
+    load_script("train_l2i").main(args + ["--test_only"])
+    # (the random baseline's generator runs on from validation in the training run: not compared)
+    reloaded = read_json(only / "test_metrics.json")
+    assert {k: v for k, v in reloaded.items() if not k.startswith("random_")} == {
+        k: v for k, v in metrics.items() if not k.startswith("random_")
+    }
+    assert not (only / "save" / "psi_model.ckpt").exists()  # nothing was trained
 
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,7 @@ from audio_interpretability.brains.interpreter import Interpretation, MaskOutput
 from audio_interpretability.brains.trainable import PSI_FILE, TrainableInterpreterBrain
 from audio_interpretability.features import Spectrogram
 from audio_interpretability.models.base import ClassifierOutput
+from audio_interpretability.nmf import component_mask, load_nmf_decoder
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,6 @@ __all__ = [
     "THETA_FILE",
     "fit_frames",
     "l2i_loss",
-    "l2i_mask",
     "nmf_activations",
     "psi_input",
     "relevance",
@@ -276,36 +276,6 @@ def relevance(theta: torch.nn.Module, activations: torch.Tensor, pred: torch.Ten
     return contribution / contribution.abs().amax(dim=1, keepdim=True)
 
 
-def l2i_mask(
-    dictionary: torch.Tensor, activations: torch.Tensor, selected: torch.Tensor
-) -> torch.Tensor:
-    """(B, frames, n_freq) mask ``W_L H_L / (W H + EPS)`` of the selected components.
-
-    Values are in [0, 1] (W, H >= 0); they are clamped to it against rounding.
-
-    Arguments
-    ---------
-    dictionary : torch.Tensor
-        (n_freq, K) non-negative NMF dictionary W.
-    activations : torch.Tensor
-        (B, K, frames) non-negative activations H.
-    selected : torch.Tensor
-        (B, K) bool, the components kept for each clip.
-
-    Example
-    -------
-    >>> W = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # 2 bins, 2 components
-    >>> H = torch.ones(1, 2, 1)
-    >>> l2i_mask(W, H, torch.tensor([[True, False]])).tolist()
-    [[[1.0, 0.5]]]
-    """
-    H = activations.float()
-    W = dictionary.float()
-    full = torch.einsum("fk,bkt->btf", W, H)  # (B, frames, F)
-    kept = torch.einsum("fk,bkt->btf", W, H * selected.float().unsqueeze(-1))
-    return (kept / (full + EPS)).clamp(0.0, 1.0)
-
-
 def _save_atomic(state: dict, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".l2i_", suffix=".tmp")
     os.close(fd)
@@ -388,6 +358,12 @@ class L2I(TrainableInterpreterBrain):
                 f"{self.hparams.theta_frames}; pass T: !ref <theta_frames> to Theta in the YAML"
             )
         decoder = self.hparams.nmf_decoder
+        bins = self.hparams.frontend.n_bins
+        if decoder.W.shape[0] != bins:
+            raise ValueError(
+                f"the NMF dictionary has {decoder.W.shape[0]} bins but the spectrogram "
+                f"{bins}; pass --n_freq {bins} (n_fft // 2 + 1)"
+            )
         path = self.hparams.nmf_decoder_path
         if path is None:
             logger.warning(
@@ -396,13 +372,7 @@ class L2I(TrainableInterpreterBrain):
                 "recipes/ESC50/interpret/train_nmf.py hparams/nmf.yaml"
             )
         else:
-            _load_state(
-                str(path),
-                decoder,
-                "nmf_decoder_path",
-                "pass the nmf_decoder state dict written by recipes/ESC50/interpret/"
-                "train_nmf.py hparams/nmf.yaml (same K and n_freq)",
-            )
+            load_nmf_decoder(path, decoder)  # nmf_decoder.ckpt (or its folder), strictly
         decoder.to(self.device).eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ load / export
@@ -446,7 +416,9 @@ class L2I(TrainableInterpreterBrain):
             pred = clf.logits.argmax(dim=-1)  # (B,)
             r = relevance(self.modules.theta, theta_in, pred)  # (B, K)
             selected = r > float(self.hparams.relevance_th)  # NaN (all-zero H): none
-            mask = l2i_mask(decoder.return_W(), H.detach(), selected)  # (B, frames', F)
+            W = decoder.return_W().float()  # (F, K)
+            mask = component_mask(W, H.detach().float(), selected, eps=EPS)  # (B, frames', F)
+            mask = mask.clamp(0.0, 1.0)  # W, H >= 0: only rounding can leave [0, 1]
             mask = F.pad(mask, (0, 0, 0, frames - mask.shape[1]))  # published zero padding
         extras = {
             "activations": H,
@@ -456,6 +428,16 @@ class L2I(TrainableInterpreterBrain):
             "selected": selected,
         }
         return MaskOutput(mask=mask, extras=extras)
+
+    def interpretation_panels(self, X, mask, extras, index, truths=None):
+        """The base panels plus the NMF reconstruction ``(W H)^T`` (zero-padded to X's
+        frames) after the input."""
+        panels = super().interpretation_panels(X, mask, extras, index, truths)
+        if "reconstruction" in extras:
+            recon = extras["reconstruction"][index]  # (frames', F)
+            recon = F.pad(recon, (0, 0, 0, X.shape[1] - recon.shape[0]))
+            panels.insert(1, ("NMF reconstruction W H", recon.detach().float().cpu()))
+        return panels
 
     def interpreter_loss(self, out: Interpretation, batch, stage: sb.Stage) -> torch.Tensor:
         """The published L2I objective (:func:`l2i_loss`)."""
