@@ -395,3 +395,38 @@ def test_conv2d_recipe_and_mask(tmp_path, tiny_esc50, device, conv2d_ckpts):
     assert float(out.mask[:, CONV2D_FRAMES:].abs().max()) == 0.0
     expected = published_mask(brain, out.extras["activations"], out.logits).clamp(0, 1)
     torch.testing.assert_close(out.mask[:, :CONV2D_FRAMES], expected, atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# The published README's commands: train_nmf.py, then train_l2i.py on its dictionary
+# --------------------------------------------------------------------------------------------
+README_NMF = "python train_nmf.py hparams/nmf.yaml --data_folder /yourpath/ESC50 --save_period 30"
+README_L2I = "python train_l2i.py hparams/{yaml} --data_folder /yourpath/ESC50"
+
+
+def run_command(command: str, data: str, extra: dict):
+    """Run a README command in-process from recipes/ESC50/interpret (cwd set by the caller)."""
+    python, script, *argv = command.replace("/yourpath/ESC50", data).split()
+    assert python == "python"
+    module = load_script(Path(script).stem)
+    extras = [x for k, v in extra.items() for x in (f"--{k}", str(v))]
+    return module.main(argv + extras + ["--num_threads", "0", "--noprogressbar"])
+
+
+def test_readme_nmf_then_l2i(tmp_path, tiny_esc50, device, ckpts, conv2d_ckpts, monkeypatch):
+    monkeypatch.chdir(RECIPES)
+    common = {"train_fold_nums": "[1]", "batch_size": 5, "number_of_epochs": 1, "device": device}
+    nmf = tmp_path / "nmf"
+    run_command(README_NMF, tiny_esc50, {**common, "sample_rate": 16000, "K": K,
+                                         "output_folder": nmf})  # fmt: skip
+    dictionary = nmf / "save" / "nmf_decoder.ckpt"
+    for yaml, sizes, classifier in (("l2i_cnn14.yaml", TINY, ckpts),
+                                    ("l2i_conv2d.yaml", CONV2D_TINY, conv2d_ckpts)):  # fmt: skip
+        out = tmp_path / yaml
+        extra = {**common, **sizes, "output_folder": out, "nmf_decoder_path": dictionary,
+                 "embedding_model_path": classifier["embedding_model"],
+                 "classifier_model_path": classifier["classifier"],
+                 "n_saved_interpretations": 1}  # fmt: skip
+        results = run_command(README_L2I.format(yaml=yaml), tiny_esc50, extra)
+        assert results["main"] == read_json(out / "test_metrics.json")
+        assert (out / "save" / "psi_model.ckpt").is_file()
