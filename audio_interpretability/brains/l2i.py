@@ -414,7 +414,7 @@ class L2I(TrainableInterpreterBrain):
         theta_out = self.modules.theta(theta_in)  # (B, C) probabilities
         with torch.no_grad():
             pred = clf.logits.argmax(dim=-1)  # (B,)
-            r = relevance(self.modules.theta, theta_in, pred)  # (B, K)
+            r = relevance(self.hparams.theta, theta_in, pred)  # (B, K); unwrapped under DDP
             selected = r > float(self.hparams.relevance_th)  # NaN (all-zero H): none
             W = decoder.return_W().float()  # (F, K)
             mask = component_mask(W, H.detach().float(), selected, eps=EPS)  # (B, frames', F)
