@@ -246,7 +246,9 @@ def prepare_datasets(
     Reads ``data_folder``, ``{train,valid,test}_annotation``, ``{train,valid,test}_fold_nums``,
     ``sample_rate``, ``label_encoder_file`` (unless ``label_encoder_file`` is given),
     ``cache_folder`` and, when present, the published ``audio_data_folder`` (where the clips
-    are, default ``<data_folder>/audio``), ``skip_manifest_creation`` (use existing manifests)
+    are, default ``<data_folder>/audio``), ``skip_manifest_creation`` (use existing manifests),
+    ``skip_bad_audio`` (leave unusable clips out of the manifests, see
+    :func:`~audio_interpretability.data.esc50.prepare_esc50`; default False: stop at the first)
     and ``signal_length_s`` (checked against the clips' length when WHAM! noise is added).
 
     Returns
@@ -268,6 +270,7 @@ def prepare_datasets(
                 "valid_fold_nums": hparams["valid_fold_nums"],
                 "test_fold_nums": hparams["test_fold_nums"],
                 "audio_data_folder": hparams.get("audio_data_folder"),
+                "skip_bad_audio": bool(hparams.get("skip_bad_audio", False)),
             },
         )
     if hparams.get("add_wham_noise") and hparams.get("signal_length_s"):

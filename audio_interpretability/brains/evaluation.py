@@ -305,12 +305,19 @@ def interpret_single_sample(
     -------
     SingleSampleResult
         Predicted class index, name and probability, and the written paths.
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError, AudioError
+        ``wav_path`` is missing, a directory, or not usable audio (corrupt, empty, truncated,
+        NaN / Inf samples); see :func:`audio_interpretability.data.audio.read_audio`.
     """
     from audio_interpretability import viz
-    from audio_interpretability.data.esc50 import load_audio, peak_normalize
+    from audio_interpretability.data.audio import read_audio
 
     frontend = brain.hparams.frontend
-    wav = peak_normalize(load_audio(wav_path, frontend.sample_rate)).unsqueeze(0)  # (1, T)
+    # checked: missing file, directory, corrupt / truncated file, NaN / Inf -> named error
+    wav = read_audio(wav_path, frontend.sample_rate, normalize=True).unsqueeze(0)  # (1, T)
     brain.hparams.model.eval()
     brain.modules.eval()
     spec, clf, mask_out = brain.interpret(wav.to(brain.device))

@@ -67,7 +67,7 @@ import soundfile as sf
 import torch
 from scipy.signal import lfilter
 
-from audio_interpretability.data.esc50 import load_audio, peak_scale
+from audio_interpretability.data.audio import peak_scale, read_audio
 
 logger = logging.getLogger(__name__)
 
@@ -436,7 +436,7 @@ class LJSpeechClips:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        wav = load_audio(self.files[index], self.sample_rate)
+        wav = read_audio(self.files[index], self.sample_rate)  # checked: named AudioError
         self._cache[index] = wav
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

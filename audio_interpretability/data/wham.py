@@ -18,11 +18,14 @@ import logging
 import math
 import os
 
-import soundfile as sf
 import torch
-import torchaudio
 
-from audio_interpretability.data.esc50 import load_audio, peak_scale
+from audio_interpretability.data.audio import (
+    audio_info,
+    peak_scale,
+    read_audio,
+    read_audio_segment,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +140,9 @@ class WhamNoise:
         self.sample_rate = sample_rate
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.infos = [sf.info(f) for f in self.files]
+        # headers checked now (missing, corrupt, empty, truncated: named errors before any
+        # work); NaN / Inf samples when a file is first read (read_audio / read_audio_segment)
+        self.infos = [audio_info(f) for f in self.files]
         total = sum(math.ceil(i.frames * sample_rate / i.samplerate) for i in self.infos)
         self.cache_in_memory = total * 4 <= max_cache_mb * 2**20
         self._cache: dict[int, torch.Tensor] = {}
@@ -188,26 +193,18 @@ class WhamNoise:
         return math.ceil(info.frames * self.sample_rate / info.samplerate)
 
     def _read(self, index: int, start: int, length: int) -> torch.Tensor:
-        """Mono samples [start, start + length) of file ``index`` at the output sample rate."""
+        """Mono samples [start, start + length) of file ``index`` at the output sample rate.
+
+        Read through :mod:`audio_interpretability.data.audio`: a file with NaN / Inf samples
+        raises ``AudioError`` naming it; a silent file (or crop) is logged once.
+        """
         if self.cache_in_memory:
             if index not in self._cache:
-                self._cache[index] = load_audio(self.files[index], self.sample_rate)
+                self._cache[index] = read_audio(self.files[index], self.sample_rate)
             return self._cache[index][start : start + length]
-        info = self.infos[index]
-        ratio = info.samplerate / self.sample_rate
-        src_start = int(start * ratio)
-        src_frames = math.ceil(length * ratio) + 1
-        data, rate = sf.read(
-            self.files[index],
-            start=src_start,
-            frames=src_frames,
-            dtype="float32",
-            always_2d=True,
-        )  # (frames, C)
-        wav = torch.from_numpy(data).mean(dim=1)  # (frames,)
-        if rate != self.sample_rate:
-            wav = torchaudio.functional.resample(wav, rate, self.sample_rate)
-        return wav[:length]
+        return read_audio_segment(
+            self.files[index], self.sample_rate, start, length, info=self.infos[index]
+        )  # (<= length,)
 
     def sample(self, n: int, length: int) -> torch.Tensor:
         """Draw ``n`` noise crops of ``length`` samples (random files, random offsets).
