@@ -226,6 +226,11 @@ def test_published_checkpoints_load_strictly(tmp_path, device, ckpts):
     maps = brain.hparams.model.embedding_model(torch.rand(2, 431, 80), return_maps=True).maps
     with torch.no_grad():
         torch.testing.assert_close(brain.hparams.psi_model.eval().cpu()(maps), published(maps))
+    # A published CKPT+ folder (psi_model.ckpt, theta.ckpt, ...) is accepted as it is
+    folder = make_brain(
+        tmp_path, device, ckpts, pretrained_interpreter=str(Path(ckpts["psi"]).parent)
+    )
+    assert torch.equal(folder.hparams.theta.hard_att.weight, brain.hparams.theta.hard_att.weight)
     # theta is needed too: a psi_model.ckpt alone is refused, with the fix
     lonely = tmp_path / "lonely"
     lonely.mkdir()
