@@ -73,11 +73,13 @@ def load_recipe(argv=None, create_experiment: bool = True) -> tuple[dict, dict]:
         SpeechBrain run options (device, precision, ...).
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(
-        sys.argv[1:] if argv is None else list(argv)
+        normalize_flags(sys.argv[1:] if argv is None else list(argv))
     )
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    if run_opts.get("test_only") and "test_only" in hparams:
+        hparams["test_only"] = True  # SpeechBrain's run option and the YAML key are one switch
     if hparams["num_threads"]:
         torch.set_num_threads(hparams["num_threads"])
     check_wham_args(hparams["add_wham_noise"], hparams["wham_folder"])
@@ -94,6 +96,47 @@ def load_recipe(argv=None, create_experiment: bool = True) -> tuple[dict, dict]:
                 sb.utils.train_logger.TensorboardLogger(hparams["tensorboard_logs_folder"]),
             )
     return hparams, run_opts
+
+
+#: SpeechBrain run options that are flags (``action="store_true"``) while the published command
+#: lines (and users) write them with a value: ``--test_only True``.
+BOOLEAN_RUN_FLAGS = ("--test_only",)
+
+
+def normalize_flags(argv: list[str]) -> list[str]:
+    """``--test_only True`` -> ``--test_only``, ``--test_only False`` -> nothing (also
+    ``--test_only=True``).
+
+    SpeechBrain 1.1.2 parses ``--test_only`` as a flag, so the ``True`` after it would be glued
+    to the previous override's value (``--save_interpretations False --test_only True`` would
+    set ``save_interpretations`` to the string ``"False True"``).
+
+    Example
+    -------
+    >>> normalize_flags(["h.yaml", "--lr", "1", "--test_only", "True", "--seed", "2"])
+    ['h.yaml', '--lr', '1', '--test_only', '--seed', '2']
+    >>> normalize_flags(["h.yaml", "--test_only=False"])
+    ['h.yaml']
+    """
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        flag, _, value = arg.partition("=")
+        if flag in BOOLEAN_RUN_FLAGS:
+            if (
+                not value
+                and i + 1 < len(argv)
+                and argv[i + 1] in ("True", "False", "true", "false")
+            ):
+                value, i = argv[i + 1], i + 1
+            if value.lower() not in ("", "true", "false"):
+                raise ValueError(f"{flag} takes True or False, got {value!r}")
+            if value.lower() != "false":
+                out.append(flag)
+        else:
+            out.append(arg)
+        i += 1
+    return out
 
 
 class MultiTrainLogger(TrainLogger):

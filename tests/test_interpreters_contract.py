@@ -35,6 +35,12 @@ INTERPRETERS = {
         False,
     ),
     "lmac": ("lmac_cnn14.yaml", {"base_channels": 2, "emb_dim": 64, "decoder_width": 16}, True),
+    "piq": ("piq.yaml", {"base_channels": 2, "emb_dim": 64, "K": 16}, True),
+    "l2i": (
+        "l2i_cnn14.yaml",
+        {"base_channels": 2, "emb_dim": 64, "K": 8, "theta_frames": 87},
+        True,
+    ),
 }
 
 #: Keys every interpreter's test_metrics.json holds (faithfulness, localisation, baselines).
@@ -43,8 +49,9 @@ COMMON_KEYS = {
     "loc_precision", "loc_recall", "loc_iou", "loc_energy_in", "loc_time_corr", "loc_freq_corr",
     "mask_input_dependence",
 }  # fmt: skip
-#: Keys only some interpreters add (AMT: the fraction of bins kept).
-OWN_KEYS = {"mask_fraction"}
+#: Keys only some interpreters add (AMT: the fraction of bins kept; L2I: its own fidelity,
+#: reconstruction and loss terms, relevant components).
+OWN_KEYS = {"mask_fraction", "l2i_fid", "recons_err", "reg_loss", "fid_loss", "n_relevant"}
 
 
 def load_eval():
@@ -60,15 +67,23 @@ def write_checkpoints(name: str, folder: Path) -> dict:
     """Random classifier (and interpreter) weights built from the YAML at tiny size."""
     yaml, sizes, trainable = INTERPRETERS[name]
     torch.manual_seed(0)
+    folder.mkdir(parents=True)
+    values = {"data_folder": str(folder), "output_folder": str(folder), "out_n_neurons": 5}
+    if "theta_frames" in sizes:  # L2I: a (random) NMF dictionary of K atoms first
+        from audio_interpretability.nmf import NMFDecoderAudio
+
+        values["nmf_decoder_path"] = str(folder / "nmf_decoder.ckpt")
+        nmf = NMFDecoderAudio(n_comp=sizes["K"], n_freq=513)
+        torch.save(nmf.state_dict(), values["nmf_decoder_path"])
     with open(ROOT / "hparams" / yaml, encoding="utf-8") as f:
-        hp = load_hyperpyyaml(
-            f,
-            {"data_folder": str(folder), "output_folder": str(folder), "out_n_neurons": 5, **sizes},
-        )
+        hp = load_hyperpyyaml(f, {**values, **sizes})
     paths = export_classifier(hp["embedding_model"], hp["classifier"], str(folder))
+    paths.update(values)
     if trainable:
         paths["psi"] = str(folder / "psi_model.ckpt")
         torch.save(hp["psi_model"].state_dict(), paths["psi"])
+    if "theta" in hp:  # L2I exports theta next to psi
+        torch.save(hp["theta"].state_dict(), folder / "theta.ckpt")
     return paths
 
 
@@ -90,6 +105,8 @@ def run_eval(name: str, folder: Path, data: str, wham: str, **extra) -> dict:
     }
     if trainable:
         options["pretrained_interpreter"] = paths["psi"]
+    if "nmf_decoder_path" in paths:
+        options["nmf_decoder_path"] = paths["nmf_decoder_path"]
     argv = [str(ROOT / "hparams" / yaml), "--noprogressbar", "--device", "cpu"]
     argv += [x for k, v in options.items() for x in (f"--{k}", str(v))]
     return load_eval().main(argv)

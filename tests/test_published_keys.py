@@ -403,3 +403,22 @@ def test_readme_nmf_command(tmp_path, tiny_esc50, in_recipe_dir):
     assert stats == read_json(tmp_path / "out" / "test_metrics.json")
     assert (tmp_path / "out" / "save" / "nmf_decoder.ckpt").is_file()
     assert not (tmp_path / "out" / "nmf_rec").exists()  # save_period 30: no PNG at epoch 1
+
+
+def test_test_only_with_a_value(tmp_path, tiny_esc50):
+    """``--test_only True`` (published command lines) is SpeechBrain's flag plus a value: the
+    value must not be glued to the previous override, and the YAML key follows the flag."""
+    from audio_interpretability.recipe_utils import load_recipe
+
+    base = [str(ROOT / "hparams" / "lmac_cnn14.yaml"), "--data_folder", tiny_esc50]
+    base += ["--output_folder", str(tmp_path / "out")]
+    for tail, expected in (
+        (["--save_interpretations", "False", "--test_only", "True"], True),
+        (["--save_interpretations", "False", "--test_only=False"], False),
+        (["--save_interpretations", "False", "--test_only"], True),
+    ):
+        hparams, run_opts = load_recipe(base + tail, create_experiment=False)
+        assert hparams["save_interpretations"] is False
+        assert hparams["test_only"] is expected and bool(run_opts.get("test_only")) is expected
+    with pytest.raises(ValueError, match="--test_only takes True or False"):
+        load_recipe(base + ["--test_only=maybe"], create_experiment=False)

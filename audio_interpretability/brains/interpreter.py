@@ -558,6 +558,7 @@ class InterpreterBrain(sb.Brain):
             self.metric_accumulator = M.MetricAccumulator()
             self.mask_dependence = M.MaskDependence()
             self._swap_bank = []
+            self._rand_gen = None  # re-seeded: each stage draws the same random masks
         self._interpretations_folder = self.interpretations_folder(stage, epoch)
         if self._interpretations_folder is not None:
             self.saved_count = 0
