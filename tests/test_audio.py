@@ -26,6 +26,7 @@ import soundfile as sf
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from audio_interpretability.data.audio import (
     AudioError,
@@ -73,9 +74,13 @@ def _hypothesis_skips_unimportable_lazy_modules() -> None:
 
 
 _hypothesis_skips_unimportable_lazy_modules()
+if not os.getenv("HYPOTHESIS_STORAGE_DIRECTORY"):  # its caches go to a temporary folder, not
+    set_hypothesis_home_dir(tempfile.mkdtemp(prefix="hypothesis_"))  # <repo>/.hypothesis
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO_LOGGER = "audio_interpretability.data.audio"
-PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(  # no example database: tests never write into the repo
+    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,6 +420,13 @@ def test_prepare_stops_at_a_bad_clip_or_leaves_it_out(esc50_copy, tmp_path, kind
     assert "up to date" in text and "1 bad clip(s) were left out" in text
     with pytest.raises(error, match=match):  # the option is part of the signature
         prepare_esc50(str(esc50_copy), *out)
+
+
+def test_nan_training_clip_stops_preparation(esc50_copy, tmp_path):
+    """A NaN training clip: named at preparation (SpeechBrain's "Loss is not finite" before)."""
+    victim = write_nan(fold_clip(esc50_copy, 2))
+    with pytest.raises(AudioError, match=message_of(victim) + "holds 2 NaN"):
+        prepare_esc50(str(esc50_copy), *manifests(tmp_path), train_fold_nums=[1, 2, 3])
 
 
 def test_silent_clip_is_kept_with_a_warning(esc50_copy, tmp_path, caplog):

@@ -253,7 +253,8 @@ def prepare_esc50(
         warning naming each and their count, instead of stopping at the first one.
 
     Every clip of the chosen folds is decoded once here (``sf.info`` plus one decode at its
-    own rate, about 1 ms per 5 s clip, a few seconds for ESC-50), so that a bad clip stops the
+    own rate, no resampling: about 8 ms per 5 s clip on a busy 2-core CPU, 15 s for the 2000
+    ESC-50 clips), so that a bad clip stops the
     run before any training or testing, with its name, rather than as "Loss is not finite" or
     a NaN clip silently scored as class 0. The check is as idempotent as the manifests: it is
     skipped when they are up to date (the clips left out are kept in the options file and
