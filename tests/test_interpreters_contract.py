@@ -1,6 +1,6 @@
 """Every interpreter through the same tiny evaluation (as tests/test_models_contract.py does for
-the backbones): ``eval.py <its YAML>`` on the same clips, one OOD setting and WHAM!, then one
-file. Each must write the same ``test_metrics.json`` keys (beyond a few of its own), finite
+the backbones): ``eval.py <its YAML>`` on the same clips, in every setting (WHAM!, mixtures,
+LJSpeech, white noise), then one file. Each must write the same ``test_metrics.json`` keys (beyond a few of its own), finite
 numbers, listenable WAVs of the clip's length and a PNG per saved clip, through the one shared
 evaluation path (``audio_interpretability.brains.evaluation``).
 
@@ -112,13 +112,25 @@ def run_eval(name: str, folder: Path, data: str, wham: str, **extra) -> dict:
     return load_eval().main(argv)
 
 
+@pytest.fixture(scope="module")
+def ljspeech(tmp_path_factory) -> str:
+    """Speech-like files in the LJSpeech-1.1 layout (metadata.csv + wavs/, 22.05 kHz)."""
+    from audio_interpretability.data.ood import generate_speech_like
+
+    folder = tmp_path_factory.mktemp("lj") / "LJSpeech-1.1"
+    generate_speech_like(str(folder), n_files=3, duration=1.5, ljspeech_layout=True)
+    return str(folder)
+
+
 @pytest.mark.parametrize("name", sorted(INTERPRETERS))
-def test_same_evaluation_same_outputs(name, tmp_path, tiny_esc50, tiny_wham):
+def test_same_evaluation_same_outputs(name, tmp_path, tiny_esc50, tiny_wham, ljspeech):
     results = run_eval(
-        name, tmp_path, tiny_esc50, tiny_wham, overlap_type="mixtures", add_wham_noise=True
-    )
-    assert set(results) == {"wham", "mixtures"}
-    for setting, n_clips in (("wham", 10), ("mixtures", 20)):  # valid fold; 2 versions a clip
+        name, tmp_path, tiny_esc50, tiny_wham, overlap_type="all", ljspeech_path=ljspeech,
+        add_wham_noise=True,
+    )  # fmt: skip
+    settings = {"wham": 10, "mixtures": 20, "LJSpeech": 20, "white_noise": 20}
+    assert set(results) == set(settings)  # the valid fold; 2 contaminated versions a clip
+    for setting, n_clips in settings.items():
         folder = tmp_path / "out" / setting
         metrics = json.loads((folder / "test_metrics.json").read_text())
         assert metrics == results[setting]
