@@ -192,3 +192,29 @@ def test_published_api(data, tmp_path):
     assert wav.shape[0] == 2 and torch.isfinite(wav).all()
     assert sb.Stage.TEST  # the Brain is a real speechbrain Brain
     assert isinstance(brain, sb.Brain)
+
+
+def test_training_skips_the_masked_passes_when_the_loss_does_not_read_them(tmp_path):
+    """``trains_on_masked_passes = False`` (L2I, PIQ): one classifier pass per training batch
+    instead of two (the 2 B masked clips are not classified); evaluation still scores them."""
+    from speechbrain.dataio.batch import PaddedBatch
+
+    class NoMaskedPasses(OnesInterpreter):
+        trains_on_masked_passes = False
+
+    batch = PaddedBatch(
+        [{"id": f"c{i}", "sig": torch.randn(16000), "class_string_encoded": torch.tensor([i])}
+         for i in range(2)]
+    )  # fmt: skip
+    for cls, train_passes in ((OnesInterpreter, 2), (NoMaskedPasses, 1)):
+        brain = make_brain(cls, tmp_path / cls.__name__)
+        calls = []
+        brain.hparams.model.register_forward_hook(lambda *args, calls=calls: calls.append(1))
+        brain.on_stage_start(sb.Stage.TRAIN, 1)
+        out = brain.compute_forward(batch, sb.Stage.TRAIN)
+        assert len(calls) == train_passes
+        assert (out.logits_in is None) == (train_passes == 1)
+        calls.clear()
+        brain.on_stage_start(sb.Stage.TEST)
+        out = brain.compute_forward(batch, sb.Stage.TEST)
+        assert len(calls) == 2 and out.logits_in.shape == out.logits.shape

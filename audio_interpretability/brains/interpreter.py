@@ -126,6 +126,11 @@ class InterpreterBrain(sb.Brain):
     #: Whether :meth:`make_mask` needs the classifier's intermediate maps.
     needs_maps: bool = False
 
+    #: Whether the training loss reads the masked-in / masked-out logits (L-MAC's does; L2I's
+    #: and PIQ's do not, and their training skips those classifier passes: ``logits_in`` and
+    #: ``logits_out`` are then None in TRAIN).
+    trains_on_masked_passes: bool = True
+
     #: Whether a mask with fewer frames than X crops X (and everything after it) to those
     #: frames, as the published L-MAC does; otherwise every mask must have X's shape.
     crops_frames: bool = False
@@ -350,7 +355,10 @@ class InterpreterBrain(sb.Brain):
             # values, and each clip with another clip's mask (of another predicted class).
             masks["random_"] = M.random_mask_like(mask, generator=self._baseline_generator())
             masks["swap_"], extras["swap_valid"] = self._swapped_masks(mask, clf.logits)
-        logits = self.masked_passes(spec.X, list(masks.values()))
+        if stage == sb.Stage.TRAIN and not self.trains_on_masked_passes:
+            logits = [None, None]  # the loss does not read them: no classifier pass on 2 B clips
+        else:
+            logits = self.masked_passes(spec.X, list(masks.values()))
         for k, prefix in enumerate(masks):
             if prefix:
                 extras[f"{prefix}mask"] = masks[prefix]

@@ -334,6 +334,7 @@ class L2I(TrainableInterpreterBrain):
     """
 
     needs_maps = True
+    trains_on_masked_passes = False  # the published loss reads no masked pass
     train_script = "train_l2i.py"
 
     required_hparams = TrainableInterpreterBrain.required_hparams + (

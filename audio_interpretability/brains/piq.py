@@ -195,6 +195,7 @@ class PIQ(TrainableInterpreterBrain):
     """
 
     needs_maps = True
+    trains_on_masked_passes = False  # the published loss reads no masked pass
     train_script = "train_piq.py"
 
     required_hparams = TrainableInterpreterBrain.required_hparams + (
