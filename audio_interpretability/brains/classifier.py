@@ -40,6 +40,7 @@ import speechbrain as sb
 import torch
 from speechbrain.nnet.schedulers import CyclicLRScheduler, ReduceLROnPlateau
 
+from audio_interpretability.checkpointing import apply_umask, register_random_states
 from audio_interpretability.data.wham import WhamNoise, mix_at_snr
 from audio_interpretability.models.base import ClassifierOutput
 
@@ -110,7 +111,7 @@ def _atomic_write_text(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        apply_umask(tmp)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -202,7 +203,7 @@ def save_confusion_matrix_png(confusion: list, class_names: list[str], path: str
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=100)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        apply_umask(tmp)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         plt.close(fig)
@@ -306,6 +307,12 @@ class ClassifierBrain(sb.Brain):
     # ----------------------------------------------------------------------------------------
     # Stage hooks
     # ----------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        """Put the random states (global generators, WHAM! noise) in the checkpoints, then
+        initialise the optimizer and recover as SpeechBrain does."""
+        register_random_states(self.checkpointer, self.wham)
+        super().on_fit_start()
+
     def on_stage_start(self, stage, epoch=None) -> None:
         """Reset the confusion matrix."""
         self.confusion.zero_()

@@ -32,6 +32,7 @@ import speechbrain as sb
 import torch
 
 from audio_interpretability.brains.interpreter import InterpreterBrain
+from audio_interpretability.checkpointing import apply_umask, register_random_states
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class TrainableInterpreterBrain(InterpreterBrain):
         os.close(fd)
         try:
             torch.save(state, tmp)
+            apply_umask(tmp)  # mkstemp creates 0600
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -194,6 +196,8 @@ class TrainableInterpreterBrain(InterpreterBrain):
                 "resuming from them would mix the two stages. Pass a new --output_folder "
                 "for this run."
             )
+        # Random states in the checkpoint: a resumed run repeats the uninterrupted one.
+        register_random_states(self.checkpointer, self.noise)
         super().on_fit_start()
 
     def holds_stage(self, stage: float) -> bool:

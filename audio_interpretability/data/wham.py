@@ -19,6 +19,7 @@ import math
 import os
 
 import torch
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
 from audio_interpretability.data.audio import (
     audio_info,
@@ -92,8 +93,12 @@ def check_wham_args(add_wham_noise: bool, wham_folder: str | None) -> str | None
     return resolve_wham_folder(wham_folder)
 
 
+@register_checkpoint_hooks
 class WhamNoise:
     """Random mono noise crops from one WHAM! split.
+
+    A checkpointer recoverable: its generator state is saved and recovered, so that a resumed
+    run draws the crops an uninterrupted run would have drawn.
 
     Arguments
     ---------
@@ -186,6 +191,16 @@ class WhamNoise:
 
     def __len__(self) -> int:
         return len(self.files)
+
+    @mark_as_saver
+    def _save(self, path) -> None:
+        torch.save({"generator": self.generator.get_state(), "seed": self.seed}, path)
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch) -> None:
+        del end_of_epoch
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.generator.set_state(state["generator"])
 
     def _n_samples(self, index: int) -> int:
         """Length of file ``index`` at the output sample rate."""
