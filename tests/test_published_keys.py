@@ -267,7 +267,8 @@ def test_tensorboard_logs(tmp_path):
 
 
 # ------------------------------------------------------------------ the README command lines
-# recipes/ESC50/interpret/README.md of SpeechBrain, verbatim (L-MAC, AMT, evaluation).
+# recipes/ESC50/interpret/README.md of SpeechBrain, verbatim (L-MAC, AMT, NMF, PIQ, L2I,
+# evaluation).
 README = {
     "lmac": "python train_lmac.py hparams/lmac_cnn14.yaml --data_folder=/yourpath/ESC50",
     "lmac_wham": "python train_lmac.py hparams/lmac_cnn14.yaml --data_folder=/yourpath/ESC50 "
@@ -279,6 +280,8 @@ README = {
     "--data_folder /yourpath/ESC50",
     "amt_vit": "python interpret_amt.py hparams/amt_vit.yaml --data_folder /yourpath/ESC50",
     "nmf": "python train_nmf.py hparams/nmf.yaml --data_folder /yourpath/ESC50 --save_period 30",
+    "l2i_conv2d": "python train_l2i.py hparams/l2i_conv2d.yaml --data_folder /yourpath/ESC50",
+    "l2i_cnn14": "python train_l2i.py hparams/l2i_cnn14.yaml --data_folder /yourpath/ESC50",
     "eval_ood": "python eval.py hparams/<config>.yaml --data_folder /yourpath/esc50 "
     "--overlap_type <mixtures/LJSpeech/white_noise> --add_wham_noise False "
     "--pretrained_interpreter yourpath/psi_model.ckpt",
@@ -403,6 +406,53 @@ def test_readme_nmf_command(tmp_path, tiny_esc50, in_recipe_dir):
     assert stats == read_json(tmp_path / "out" / "test_metrics.json")
     assert (tmp_path / "out" / "save" / "nmf_decoder.ckpt").is_file()
     assert not (tmp_path / "out" / "nmf_rec").exists()  # save_period 30: no PNG at epoch 1
+
+
+# The tiny classifiers the L2I commands explain, exported as the classification recipe
+# does (the Conv2d encoder + ECAPA head of classifier_conv2d.yaml; CNN14 + linear head).
+L2I_K = 4  # NMF components: the nmf command's K, the dictionary both L2I commands read
+L2I_TINY = {
+    # theta pools over psi's frames for 1 s clips: 87 (CNN14 psi), 81 (Conv2d PsiOptimized)
+    "l2i_cnn14": {"base_channels": 2, "emb_dim": 64, "theta_frames": 87},
+    "l2i_conv2d": {"emb_dim": 8, "theta_frames": 81},
+}
+
+
+def conv2d_classifier(folder: Path, dim: int = 8, n_classes: int = 5) -> dict:
+    from audio_interpretability.models.conv2d import Conv2dEncoder
+    from audio_interpretability.models.heads import CosineHead
+
+    torch.manual_seed(0)
+    head = CosineHead(dim, n_classes, scale=1.0, lin_blocks=1)
+    return export_classifier(Conv2dEncoder(dim=dim), head, folder)
+
+
+def test_readme_nmf_then_l2i_commands(tmp_path, tiny_esc50, in_recipe_dir):
+    """The README's L2I chain: train_nmf.py, then train_l2i.py on its dictionary, for the Conv2d
+    classifier and for CNN14 (the dictionary passed as nmf_decoder_path, the YAMLs' key)."""
+    common = {"train_fold_nums": "[1]", "batch_size": 5, "number_of_epochs": 1}
+    nmf = tmp_path / "nmf"
+    run_readme("nmf", {"/yourpath/ESC50": tiny_esc50},
+               as_args({**common, "sample_rate": 16000, "K": L2I_K, "output_folder": nmf}))  # fmt: skip
+    dictionary = nmf / "save" / "nmf_decoder.ckpt"
+    assert dictionary.is_file()
+    torch.manual_seed(0)
+    classifiers = {
+        "l2i_conv2d": conv2d_classifier(tmp_path / "conv2d"),
+        "l2i_cnn14": export_classifier(
+            Cnn14(emb_dim=64, base_channels=2), LinearHead(64, 5), tmp_path / "cnn14"
+        ),
+    }
+    for name, sizes in L2I_TINY.items():
+        out = tmp_path / name
+        extra = as_args({**common, **sizes, "K": L2I_K, "out_n_neurons": 5,
+                         "output_folder": out, "nmf_decoder_path": dictionary,
+                         "n_saved_interpretations": 1,
+                         **lmac_classifier(classifiers[name])})  # fmt: skip
+        results = run_readme(name, {"/yourpath/ESC50": tiny_esc50}, extra)
+        assert results["main"] == read_json(out / "test_metrics.json")
+        assert results["main"]["n_samples"] == 10.0
+        assert (out / "save" / "psi_model.ckpt").is_file()
 
 
 def test_test_only_with_a_value(tmp_path, tiny_esc50):
