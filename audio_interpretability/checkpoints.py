@@ -33,6 +33,8 @@ import tempfile
 
 import torch
 
+from audio_interpretability.checkpointing import apply_umask
+
 logger = logging.getLogger(__name__)
 
 TRAIN_COMMAND = (
@@ -53,7 +55,7 @@ def _atomic_write(path: str, write_fn) -> None:
     os.close(fd)
     try:
         write_fn(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are shared read-only files
+        apply_umask(tmp)  # mkstemp creates 0600; checkpoints are shared files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -56,6 +56,8 @@ from typing import NamedTuple
 import torch
 from speechbrain.lobes.models.L2I import NMFDecoderAudio, NMFEncoder
 
+from audio_interpretability.checkpointing import apply_umask
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -446,6 +448,7 @@ def export_nmf_decoder(decoder: NMFDecoderAudio, path: str | os.PathLike) -> Pat
     os.close(fd)
     try:
         torch.save(state, tmp)
+        apply_umask(tmp)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -9,10 +9,12 @@ Authors
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import sys
+import tempfile
 
 import speechbrain as sb
 import torch
@@ -56,7 +58,8 @@ def load_recipe(argv=None, create_experiment: bool = True) -> tuple[dict, dict]:
     Also initialises DDP when asked (``torchrun``), sets the CPU thread count
     (``num_threads``, 0 = torch's default), fails early when WHAM! noise is asked for without a
     usable ``wham_folder``, and creates the experiment folder (``output_folder``: a copy of the
-    hparams with the overrides, logs).
+    hparams with the overrides, logs). ``--device cuda`` without a GPU and an output folder
+    that cannot be written fail here, with the fix.
 
     Arguments
     ---------
@@ -75,9 +78,30 @@ def load_recipe(argv=None, create_experiment: bool = True) -> tuple[dict, dict]:
     hparams_file, run_opts, overrides = sb.parse_arguments(
         normalize_flags(sys.argv[1:] if argv is None else list(argv))
     )
+    device = str(run_opts.get("device") or "")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {device} was given but torch sees no GPU on this machine; pass --device cpu"
+        )
     sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+    unwritable = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST)
+    fix = "pass an --output_folder you can write to (checkpoints, logs and results go there)"
+    try:
+        with open(hparams_file, encoding="utf-8") as fin:
+            hparams = load_hyperpyyaml(fin, overrides)
+    except OSError as err:  # building the YAML creates folders (the checkpointer's save_folder)
+        if err.errno not in unwritable or not err.filename:
+            raise
+        raise PermissionError(f"cannot write to {err.filename} ({err.strerror}); {fix}") from err
+    if create_experiment:  # a folder that cannot be written fails now, not after training
+        try:
+            os.makedirs(hparams["output_folder"], exist_ok=True)
+            with tempfile.TemporaryFile(dir=hparams["output_folder"]):
+                pass
+        except OSError as err:
+            raise PermissionError(
+                f"cannot write to {hparams['output_folder']} ({err.strerror or err}); {fix}"
+            ) from err
     if run_opts.get("test_only") and "test_only" in hparams:
         hparams["test_only"] = True  # SpeechBrain's run option and the YAML key are one switch
     if hparams["num_threads"]:

@@ -33,6 +33,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from audio_interpretability.checkpointing import apply_umask
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["InterpretationFiles", "plot_interpretation", "save_interpretation", "save_wav"]
@@ -102,6 +104,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        apply_umask(tmp)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -42,6 +42,7 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.data_pipeline import provides, takes
 
+from audio_interpretability.checkpointing import apply_umask
 from audio_interpretability.data.audio import (
     AudioError,
     audio_info,
@@ -69,6 +70,7 @@ def _atomic_write_text(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        apply_umask(tmp)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -467,6 +469,7 @@ class AudioCache:
         try:
             with os.fdopen(fd, "wb") as f:
                 np.save(f, wav.numpy().astype(np.float32, copy=False))
+            apply_umask(tmp)  # mkstemp creates 0600
             os.replace(tmp, cached)
         except BaseException:
             if os.path.exists(tmp):
@@ -527,6 +530,7 @@ def _label_encoder(label_encoder_file: str, label_to_target: dict[str, int]) -> 
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_label_encoder_")
         os.close(fd)
         encoder.save(tmp)
+        apply_umask(tmp)  # mkstemp creates 0600
         os.replace(tmp, label_encoder_file)
         logger.info("Saved label encoder (%d classes) to %s", len(encoder), label_encoder_file)
     encoder.expect_len(len(encoder.lab2ind))

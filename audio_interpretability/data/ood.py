@@ -67,6 +67,7 @@ import soundfile as sf
 import torch
 from scipy.signal import lfilter
 
+from audio_interpretability.checkpointing import apply_umask
 from audio_interpretability.data.audio import peak_scale, read_audio
 
 logger = logging.getLogger(__name__)
@@ -765,6 +766,7 @@ def _write_atomic_wav(path: str, data: np.ndarray, sample_rate: int) -> None:
     os.close(fd)
     try:
         sf.write(tmp, data.astype(np.float32), sample_rate, subtype="PCM_16")
+        apply_umask(tmp)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -846,6 +848,7 @@ def generate_speech_like(
         fd, tmp = tempfile.mkstemp(dir=output_folder, prefix=".metadata_", suffix=".csv")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.writelines(rows)
+        apply_umask(tmp)  # mkstemp creates 0600
         os.replace(tmp, os.path.join(output_folder, "metadata.csv"))
     logger.info("Wrote %d speech-like files to %s", n_files, output_folder)
     return paths

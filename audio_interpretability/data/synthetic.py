@@ -40,6 +40,8 @@ import torch
 from scipy.fft import next_fast_len
 from scipy.signal import lfilter
 
+from audio_interpretability.checkpointing import apply_umask
+
 logger = logging.getLogger(__name__)
 
 MAX_CLASSES = 50
@@ -245,6 +247,7 @@ def _write_wav(path: str, data: np.ndarray, sample_rate: int) -> None:
     os.close(fd)
     try:
         sf.write(tmp, data, sample_rate, subtype="PCM_16", format="WAV")
+        apply_umask(tmp)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -256,6 +259,7 @@ def _write_text(path: str, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_")
     with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
         f.write(text)
+    apply_umask(tmp)  # mkstemp creates 0600
     os.replace(tmp, path)
 
 
