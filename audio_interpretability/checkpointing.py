@@ -6,14 +6,17 @@ the parameter files after it, straight into ``CKPT+<time>``: a run killed in bet
 folder that looks complete but holds a truncated file, and every rerun then fails to load it
 (``PytorchStreamReader failed reading zip archive``) without naming it. :class:`Checkpointer`
 (same constructor; YAMLs build it with ``!new:audio_interpretability.checkpointing.Checkpointer``)
-changes two things:
+changes three things:
 
 * saving writes into a hidden staging folder (``.staging+CKPT+...``, which no listing sees),
   ``fsync`` s every file, and renames the folder into place only when everything is on disk;
 * recovery skips a checkpoint that cannot be loaded (a ``CKPT+*`` folder without ``CKPT.yaml``,
   an unreadable ``CKPT.yaml``, a missing, truncated or unreadable parameter file) with a warning
   naming it, and loads the next one in the same order; stale staging folders of killed saves
-  are removed with a warning. If no checkpoint can be loaded, the error names each one.
+  are removed with a warning. If no checkpoint can be loaded, the error names each one;
+* a data loader registered as a recoverable (SpeechBrain's training loader) gets a private
+  ``generator`` when it has none, so that starting an epoch draws nothing from the global
+  generator and an intra-epoch checkpoint resumes the global random stream exactly.
 
 :class:`RandomState` is a recoverable holding the global random generators (torch CPU and
 CUDA, numpy, python ``random``); the Brains register it (with the WHAM! noise source, whose
@@ -138,6 +141,15 @@ class Checkpointer(sb_checkpoints.Checkpointer):
         self._staging: pathlib.Path | None = None
         self._final: pathlib.Path | None = None
         self._broken: dict[pathlib.Path, str] = {}  # path -> reason, warned once each
+
+    def add_recoverable(self, name, obj, *args, **kwargs):
+        """As SpeechBrain's. A data loader without a generator gets a private one: torch draws
+        each iterator's base seed from the global generator, so the draw made when an epoch
+        starts would otherwise land before the state an intra-epoch checkpoint saves, and a
+        resumed run would continue the global stream one draw off."""
+        super().add_recoverable(name, obj, *args, **kwargs)
+        if isinstance(obj, torch.utils.data.DataLoader) and obj.generator is None:
+            obj.generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
 
     # ------------------------------------------------------------------ saving
     def _new_checkpoint_dirpath(self):

@@ -246,6 +246,25 @@ def test_lmac_killed_mid_epoch_resumes_exactly(
     assert_lmac_equal(lmac_reference, tmp_path)
 
 
+def test_lmac_killed_after_an_intra_epoch_checkpoint_resumes_exactly(
+    tmp_path, tiny_esc50, tiny_wham, classifier_ckpt, launcher, lmac_reference
+):
+    """``--ckpt_interval_steps 1``: a checkpoint after every batch; killed in batch 3 of epoch
+    2, the rerun resumes at batch 3 (SpeechBrain's SaveableDataLoader position)."""
+    recipe, brain, argv = lmac_args(tiny_esc50, tmp_path, classifier_ckpt, tiny_wham)
+    spec = (recipe, brain, argv + ["--ckpt_interval_minutes", "0", "--ckpt_interval_steps", "1"])
+    run(launcher, spec, expect_kill=True, KILL_EPOCH="2", KILL_BATCH="3")
+    intra = [
+        p
+        for p in (tmp_path / "save").glob("CKPT+*")
+        if "brain_intra_epoch_ckpt" in (p / "CKPT.yaml").read_text()
+    ]
+    assert len(intra) == 1 and (intra[0] / "dataloader-TRAIN.ckpt").read_text().strip() == "2"
+    log = run(launcher, spec)
+    assert "intra-epoch" in log or str(intra[0]) in log
+    assert_lmac_equal(lmac_reference, tmp_path)
+
+
 @pytest.mark.parametrize("at", ["params", "truncated", "before_rename"])
 def test_lmac_killed_while_saving_resumes_from_the_previous_checkpoint(
     tmp_path, tiny_esc50, tiny_wham, classifier_ckpt, launcher, lmac_reference, at
@@ -328,15 +347,21 @@ def test_custom_name_saved_twice_is_replaced(tmp_path):
 # --------------------------------------------------------------------------------------------
 # The classifier recipe, with and without WHAM! noise
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("with_wham", [False, True])
+@pytest.mark.parametrize("with_wham, intra_epoch", [(False, False), (True, False), (True, True)])
 def test_classifier_killed_mid_epoch_resumes_exactly(
-    tmp_path, tiny_esc50, tiny_wham, launcher, with_wham
+    tmp_path, tiny_esc50, tiny_wham, launcher, with_wham, intra_epoch
 ):
+    """The tiny CNN14 has dropout and the training augmentation draws from the global
+    generators: the restored global states matter here. ``intra_epoch``: a checkpoint after
+    every batch, the rerun resumes at the killed batch."""
     wham = tiny_wham if with_wham else None
     reference, resumed = tmp_path / "a", tmp_path / "b"
     run(launcher, classifier_args(tiny_esc50, reference, wham))
-    spec = classifier_args(tiny_esc50, resumed, wham)
-    run(launcher, spec, expect_kill=True, KILL_EPOCH="2", KILL_BATCH="2")
+    recipe, brain, argv = classifier_args(tiny_esc50, resumed, wham)
+    if intra_epoch:
+        argv += ["--ckpt_interval_minutes", "0", "--ckpt_interval_steps", "1"]
+    spec = (recipe, brain, argv)
+    run(launcher, spec, expect_kill=True, KILL_EPOCH="2", KILL_BATCH="3")
     run(launcher, spec)
     for name in ("embedding_model.ckpt", "classifier.ckpt"):
         assert_same_state(reference / "pretrained" / name, resumed / "pretrained" / name)
