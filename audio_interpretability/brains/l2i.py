@@ -277,10 +277,13 @@ def relevance(theta: torch.nn.Module, activations: torch.Tensor, pred: torch.Ten
 
 
 def _save_atomic(state: dict, path: Path) -> None:
+    from audio_interpretability.checkpointing import apply_umask
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".l2i_", suffix=".tmp")
     os.close(fd)
     try:
         torch.save(state, tmp)
+        apply_umask(tmp)  # mkstemp creates 0600: a shared interpreter must be readable
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
