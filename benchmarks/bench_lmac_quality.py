@@ -308,7 +308,7 @@ def main(argv=None) -> dict:
             "published",
             *shlex.split(args.lmac_args),
         ],
-        f"{out}/lmac/save/psi_model.ckpt",
+        f"{out}/lmac/test_metrics.json",  # written at the end (a killed run resumes)
         args.force,
         timings,
     )
