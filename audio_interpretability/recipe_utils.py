@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 
@@ -28,7 +29,9 @@ logger = logging.getLogger(__name__)
 
 #: Published keys whose other values select code the published recipes never ran to the end
 #: (their False branch leaves a variable undefined, or selects a method not implemented here):
-#: ``{key: (the one value accepted, why the other is refused)}``.
+#: ``{key: (the one value accepted, why the other is refused)}``. A YAML whose model needs the
+#: other value says so in its own default (``l2i_conv2d.yaml``: ``use_melspectra_log1p:
+#: False``, its classifier reads X): the accepted value is then the YAML's default.
 FIXED_PUBLISHED_KEYS = {
     "use_mask_output": (
         True,
@@ -88,7 +91,8 @@ def load_recipe(argv=None, create_experiment: bool = True) -> tuple[dict, dict]:
     fix = "pass an --output_folder you can write to (checkpoints, logs and results go there)"
     try:
         with open(hparams_file, encoding="utf-8") as fin:
-            hparams = load_hyperpyyaml(fin, overrides)
+            text = fin.read()
+        hparams = load_hyperpyyaml(text, overrides)
     except OSError as err:  # building the YAML creates folders (the checkpointer's save_folder)
         if err.errno not in unwritable or not err.filename:
             raise
@@ -107,7 +111,7 @@ def load_recipe(argv=None, create_experiment: bool = True) -> tuple[dict, dict]:
     if hparams["num_threads"]:
         torch.set_num_threads(hparams["num_threads"])
     check_wham_args(hparams["add_wham_noise"], hparams["wham_folder"])
-    check_published_keys(hparams)
+    check_published_keys(hparams, yaml_fixed_defaults(text))
     if create_experiment:
         sb.create_experiment_directory(
             experiment_directory=hparams["output_folder"],
@@ -202,7 +206,23 @@ def _looks_like_hub_id(path) -> bool:
     )
 
 
-def check_published_keys(hparams: dict) -> None:
+def yaml_fixed_defaults(text: str) -> dict:
+    r"""The YAML's own defaults of the :data:`FIXED_PUBLISHED_KEYS` (``True`` / ``False``).
+
+    Example
+    -------
+    >>> yaml_fixed_defaults("lr: 1\nuse_melspectra_log1p: False  # X")
+    {'use_melspectra_log1p': False}
+    """
+    found = {}
+    for key in FIXED_PUBLISHED_KEYS:
+        match = re.search(rf"^{key}:\s*(True|False)\b", text, flags=re.MULTILINE)
+        if match:
+            found[key] = match.group(1) == "True"
+    return found
+
+
+def check_published_keys(hparams: dict, yaml_defaults: dict | None = None) -> None:
     """Validate the keys kept from SpeechBrain's published ESC-50 YAMLs (when present).
 
     * :data:`FIXED_PUBLISHED_KEYS`: only the value that works is accepted;
@@ -222,6 +242,7 @@ def check_published_keys(hparams: dict) -> None:
         A model-hub id given as a checkpoint path.
     """
     for key, (accepted, why) in FIXED_PUBLISHED_KEYS.items():
+        accepted = (yaml_defaults or {}).get(key, accepted)
         if key in hparams and hparams[key] != accepted:
             raise ValueError(
                 f"{key}: {hparams[key]!r} is not supported: {why}. Pass --{key} {accepted} "

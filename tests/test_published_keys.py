@@ -119,19 +119,14 @@ PUBLISHED_PIQ = [  # piq.yaml (its Conv2d classifier is our CNN14 here, docs/PIQ
     "classifier_model_path", "pretrained_esc50", "K", "n_fft", "hop_length", "win_length",
     "compute_stft", "compute_fbank", "compute_istft", "psi_model", "modules",
 ]  # fmt: skip
-#: piq_focalnet.yaml and piq_vit.yaml: piq.yaml's keys less n_mels and compute_fbank, and
-#: less use_melspectra_log1p (published False: the image reads the linear spectrogram;
-#: recipe_utils refuses False for every recipe, so the key is left out of ours).
-PUBLISHED_PIQ_IMAGE = [
-    k for k in PUBLISHED_PIQ if k not in ("n_mels", "compute_fbank", "use_melspectra_log1p")
-]
+#: piq_focalnet.yaml and piq_vit.yaml: piq.yaml's keys less n_mels and compute_fbank
+#: (use_melspectra_log1p is False there, as published: the image reads the linear spectrogram).
+PUBLISHED_PIQ_IMAGE = [k for k in PUBLISHED_PIQ if k not in ("n_mels", "compute_fbank")]
 PUBLISHED = {
     "nmf.yaml": PUBLISHED_NMF,
     "lmac_cnn14.yaml": PUBLISHED_LMAC_CNN14,
     "l2i_cnn14.yaml": PUBLISHED_L2I_CNN14,
-    # use_melspectra_log1p (published False: the Conv2d classifier reads X) is refused by
-    # check_published_keys, which accepts CNN14's True only: left out (docs/L2I.md)
-    "l2i_conv2d.yaml": [k for k in PUBLISHED_L2I_CONV2D if k != "use_melspectra_log1p"],
+    "l2i_conv2d.yaml": PUBLISHED_L2I_CONV2D,
     "amt_focalnet.yaml": PUBLISHED_AMT,
     "amt_vit.yaml": PUBLISHED_AMT,
     "piq.yaml": PUBLISHED_PIQ,
@@ -472,3 +467,19 @@ def test_test_only_with_a_value(tmp_path, tiny_esc50):
         assert hparams["test_only"] is expected and bool(run_opts.get("test_only")) is expected
     with pytest.raises(ValueError, match="--test_only takes True or False"):
         load_recipe(base + ["--test_only=maybe"], create_experiment=False)
+
+
+def test_fixed_keys_follow_the_yaml_default():
+    """use_melspectra_log1p is True for the CNN14 recipes and False (as published) for the
+    Conv2d / FocalNet / ViT ones whose classifier reads X: each YAML's own default is the value
+    accepted, the other is refused."""
+    from audio_interpretability.recipe_utils import check_published_keys, yaml_fixed_defaults
+
+    expected = {"lmac_cnn14.yaml": True, "l2i_cnn14.yaml": True, "l2i_conv2d.yaml": False,
+                "piq_focalnet.yaml": False, "piq_vit.yaml": False}  # fmt: skip
+    for name, value in expected.items():
+        defaults = yaml_fixed_defaults((ROOT / "hparams" / name).read_text(encoding="utf-8"))
+        assert defaults["use_melspectra_log1p"] is value, name
+        check_published_keys({"use_melspectra_log1p": value}, defaults)
+        with pytest.raises(ValueError, match=f"--use_melspectra_log1p {value}"):
+            check_published_keys({"use_melspectra_log1p": not value}, defaults)
