@@ -36,7 +36,7 @@ from audio_interpretability.checkpointing import apply_umask, register_random_st
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CKPT_MODES", "PSI_FILE", "TrainableInterpreterBrain"]
+__all__ = ["CKPT_MODES", "PSI_FILE", "TrainableInterpreterBrain", "train_and_test"]
 
 CKPT_MODES = ("min", "max")
 #: File name of the exported interpreter network (``<save_folder>/psi_model.ckpt``).
@@ -254,3 +254,59 @@ class TrainableInterpreterBrain(InterpreterBrain):
         if best is not None and latest is not None and best.path == latest.path:
             if sb.utils.distributed.if_main_process():
                 self.export_interpreter()
+
+
+def train_and_test(brain_class: type, hparams: dict, run_opts: dict) -> dict:
+    """What ``train_lmac.py``, ``train_l2i.py`` and ``train_piq.py`` do, written once.
+
+    Builds the noise sources once (training / validation, and test from ``wham_test_split``:
+    checked before any work), fits ``brain_class`` (unless ``test_only``), then tests the best
+    checkpoint on ``test_fold_nums``: ``<run_folder>/test_metrics.json`` (with the test noise
+    when ``add_wham_noise``) and ``<run_folder>/clean/test_metrics.json`` (with noise only).
+
+    Returns
+    -------
+    dict
+        ``{setting: metrics}`` ("main", and "clean" with noise).
+    """
+    from audio_interpretability.brains.evaluation import evaluate_setting
+    from audio_interpretability.data.wham import WhamNoise
+    from audio_interpretability.recipe_utils import prepare_datasets, wham_test_split
+
+    datasets = prepare_datasets(hparams)
+    test_only = hparams["test_only"]
+    noise = WhamNoise.from_hparams(hparams)
+    test_noise = WhamNoise.from_hparams(hparams, split=wham_test_split(hparams))
+    brain = brain_class(
+        noise=noise,
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=None if test_only else hparams["checkpointer"],
+        label_encoder=datasets["label_encoder"],
+    )
+    if not test_only:
+        brain.fit(
+            brain.hparams.epoch_counter,
+            datasets["train"],
+            datasets["valid"],
+            train_loader_kwargs=hparams["dataloader_options"],
+            valid_loader_kwargs=hparams["test_dataloader_options"],
+        )
+    # The best checkpoint (test_only: the pretrained_interpreter loaded at start-up).
+    folder = str(brain.run_folder)  # output_folder, or L-MAC's finetuning/ subfolder
+    settings = {"main": (folder, test_noise)}
+    if test_noise is not None:
+        settings["clean"] = (os.path.join(folder, "clean"), None)
+    return {
+        name: evaluate_setting(
+            brain,
+            datasets["test"],
+            setting_folder,
+            hparams["test_dataloader_options"],
+            noise=setting_noise,
+            **brain.best_checkpoint_key(),
+        )
+        for name, (setting_folder, setting_noise) in settings.items()
+    }

@@ -26,12 +26,9 @@ Authors
 * audio_interpretability contributors
 """
 
-import os
-
-from audio_interpretability.brains.evaluation import evaluate_setting
 from audio_interpretability.brains.piq import PIQ
-from audio_interpretability.data.wham import WhamNoise
-from audio_interpretability.recipe_utils import load_recipe, prepare_datasets, wham_test_split
+from audio_interpretability.brains.trainable import train_and_test
+from audio_interpretability.recipe_utils import load_recipe
 
 __all__ = ["PIQ", "main"]
 
@@ -45,46 +42,7 @@ def main(argv=None) -> dict:
         ``{setting: metrics}`` for the evaluated settings ("main", and "clean" with noise).
     """
     hparams, run_opts = load_recipe(argv)
-    datasets = prepare_datasets(hparams)
-
-    test_only = hparams["test_only"]
-    # The noise sources, built once (checked before any work): training / validation, test.
-    noise = WhamNoise.from_hparams(hparams)
-    test_noise = WhamNoise.from_hparams(hparams, split=wham_test_split(hparams))
-    brain = PIQ(
-        noise=noise,
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=None if test_only else hparams["checkpointer"],
-        label_encoder=datasets["label_encoder"],
-    )
-    if not test_only:
-        brain.fit(
-            brain.hparams.epoch_counter,
-            datasets["train"],
-            datasets["valid"],
-            train_loader_kwargs=hparams["dataloader_options"],
-            valid_loader_kwargs=hparams["test_dataloader_options"],
-        )
-
-    # Test the best checkpoint (test_only: the pretrained_interpreter loaded at start-up).
-    folder = str(brain.run_folder)
-    settings = {"main": (folder, test_noise)}
-    if test_noise is not None:
-        settings["clean"] = (os.path.join(folder, "clean"), None)
-    results = {}
-    for name, (folder, setting_noise) in settings.items():
-        results[name] = evaluate_setting(
-            brain,
-            datasets["test"],
-            folder,
-            hparams["test_dataloader_options"],
-            noise=setting_noise,
-            **brain.best_checkpoint_key(),
-        )
-    return results
+    return train_and_test(PIQ, hparams, run_opts)
 
 
 if __name__ == "__main__":
