@@ -122,7 +122,7 @@ def main(argv=None) -> dict:
     )  # fmt: skip
     run(
         "train_piq",
-        ["recipes/ESC50/interpret/train_piq.py", "hparams/piq.yaml", *common, *cnn14, *PIQ,
+        ["recipes/ESC50/interpret/train_piq.py", "hparams/piq_cnn14.yaml", *common, *cnn14, *PIQ,
          "--output_folder", f"{out}/piq", "--lr", "0.005", *train],
         f"{out}/piq/test_metrics.json", args.force, timings,
     )  # fmt: skip
@@ -131,7 +131,7 @@ def main(argv=None) -> dict:
         "L-MAC": ("lmac_cnn14.yaml", [*cnn14, *LMAC_CPU], f"{out}/lmac/save/psi_model.ckpt"),
         "L2I": ("l2i_cnn14.yaml", [*cnn14, *L2I, "--nmf_decoder_path", nmf_ckpt],
                 f"{out}/l2i/save/psi_model.ckpt"),
-        "PIQ": ("piq.yaml", [*cnn14, *PIQ], f"{out}/piq/save/psi_model.ckpt"),
+        "PIQ": ("piq_cnn14.yaml", [*cnn14, *PIQ], f"{out}/piq/save/psi_model.ckpt"),
         "AMT-ViT": ("amt_vit.yaml", ["--pretrained_folder", f"{out}/pretrained/vit", *VIT_CPU],
                     None),
     }  # fmt: skip

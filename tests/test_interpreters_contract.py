@@ -35,7 +35,7 @@ INTERPRETERS = {
         False,
     ),
     "lmac": ("lmac_cnn14.yaml", {"base_channels": 2, "emb_dim": 64, "decoder_width": 16}, True),
-    "piq": ("piq.yaml", {"base_channels": 2, "emb_dim": 64, "K": 16}, True),
+    "piq": ("piq_cnn14.yaml", {"base_channels": 2, "emb_dim": 64, "K": 16}, True),
     "l2i": (
         "l2i_cnn14.yaml",
         {"base_channels": 2, "emb_dim": 64, "K": 8, "theta_frames": 87},

@@ -20,6 +20,7 @@ from audio_interpretability.brains.piq import PIQ, align_decoder_output, piq_los
 from audio_interpretability.checkpoints import export_classifier
 from audio_interpretability.models.base import AudioClassifier
 from audio_interpretability.models.cnn14 import Cnn14
+from audio_interpretability.models.conv2d import Conv2dEncoder
 from audio_interpretability.models.decoders import CNN14Decoder
 from audio_interpretability.models.focalnet import FocalNet
 from audio_interpretability.models.heads import LinearHead
@@ -29,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 HPARAMS = ROOT / "hparams"
 RECIPES = ROOT / "recipes" / "ESC50" / "interpret"
 N_CLASSES = 5
-# A tiny CNN14 and codebook; psi's dim is emb_dim.
+# A tiny CNN14 (piq_cnn14.yaml) or Conv2d encoder (piq.yaml) and codebook; psi's dim is emb_dim.
 TINY = {"base_channels": 2, "emb_dim": 64, "K": 16, "out_n_neurons": N_CLASSES}
+TINY_CONV2D = {"emb_dim": 8, "K": 10}
 TINY_FOCALNET = {"img_size": 64, "embed_dim": 8, "depths": [1, 1, 1, 1], "K": 16}
 TINY_VIT = {"img_size": 64, "patch_size": 16, "embed_dim": 16, "depth": 1, "num_heads": 2, "K": 16}
 
@@ -64,7 +66,7 @@ def psi_ckpt(tmp_path_factory) -> str:
     return str(path)
 
 
-def make_brain(tmp_path, device, yaml="piq.yaml", sizes=TINY, **overrides) -> PIQ:
+def make_brain(tmp_path, device, yaml="piq_cnn14.yaml", sizes=TINY, **overrides) -> PIQ:
     values = {
         "data_folder": str(tmp_path / "unused"),
         "output_folder": str(tmp_path / "out"),
@@ -230,6 +232,37 @@ def test_focalnet_and_vit_published_decoders_give_X_grid():
             assert xhat.shape == (1, 1, 431, 513)
 
 
+def test_published_conv2d_yaml(tmp_path, device):
+    """piq.yaml is the published one: psi reads the Conv2d encoder output (the published
+    ``hcat = embedding_model(X)``, (B, dim, T/16, 32)) and decodes it to 16 (T/16) + 1 frames of
+    X's 513 bins, to which X is cropped (mask_alignment crop): 65 of 87 frames for 1 s clips,
+    417 of 431 for the published 5 s clips."""
+    brain = make_brain(
+        tmp_path, device, "piq.yaml", TINY_CONV2D, embedding_model_path=None,
+        classifier_model_path=None,
+    )  # fmt: skip
+    assert isinstance(brain.hparams.embedding_model, Conv2dEncoder)
+    assert brain.hparams.mask_alignment == "crop"
+    batch = tiny_batch()
+    brain.modules.train()
+    out = brain.compute_forward(batch, sb.Stage.TRAIN)
+    assert out.mask.shape == out.X.shape == (3, 65, 513)
+    assert bool(((out.mask >= 0) & (out.mask <= 1)).all())
+    brain.compute_objectives(out, batch, sb.Stage.TRAIN).backward()
+    assert all(p.grad is not None for p in brain.modules.psi.parameters())
+    assert all(p.grad is None for p in brain.hparams.model.parameters())
+    model = brain.hparams.model.eval()
+    X = torch.rand(1, 431, 513, device=device)  # a 5 s clip
+    with torch.no_grad():
+        clf = brain.hparams.hidden_map(model, X)
+        hcat = model.embedding_model(X, return_maps=True).maps[0]
+        torch.testing.assert_close(clf.maps[0], hcat)  # the encoder output, as it is
+        torch.testing.assert_close(clf.logits, model(X).logits)
+        assert hcat.shape == (1, 8, 26, 32)
+        xhat, _, _ = brain.modules.psi.eval()(hcat, clf.logits.argmax(-1))
+    assert xhat.shape == (1, 1, 417, 513)
+
+
 @pytest.mark.parametrize(
     "yaml, sizes", [("piq_focalnet.yaml", TINY_FOCALNET), ("piq_vit.yaml", TINY_VIT)]
 )
@@ -318,7 +351,7 @@ def common_args(out, classifier_ckpt, device, **overrides) -> list[str]:
 def test_train_piq_one_epoch_then_eval(tmp_path, tiny_esc50, classifier_ckpt, device):
     out = tmp_path / "piq"
     args = common_args(out, classifier_ckpt, device, data_folder=tiny_esc50, number_of_epochs=1)
-    results = load_script("train_piq").main([str(HPARAMS / "piq.yaml")] + args)
+    results = load_script("train_piq").main([str(HPARAMS / "piq_cnn14.yaml")] + args)
     metrics = json.loads((out / "test_metrics.json").read_text())
     assert metrics == results["main"] and metrics["n_samples"] == 10.0
     psi = out / "save" / "psi_model.ckpt"
@@ -346,7 +379,7 @@ def test_train_piq_one_epoch_then_eval(tmp_path, tiny_esc50, classifier_ckpt, de
         eval_out, classifier_ckpt, device, data_folder=tiny_esc50, pretrained_interpreter=psi
     )
     results = load_script("eval").main(
-        [str(HPARAMS / "piq.yaml")] + eval_args + ["--overlap_type", "mixtures"]
+        [str(HPARAMS / "piq_cnn14.yaml")] + eval_args + ["--overlap_type", "mixtures"]
     )
     assert list(results) == ["mixtures"]
     mixtures = json.loads((eval_out / "mixtures" / "test_metrics.json").read_text())

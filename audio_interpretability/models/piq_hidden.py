@@ -4,7 +4,8 @@ PIQ (Paissan et al. 2023) quantises and decodes the *last hidden map* of the cla
 (B, D, h, w) tensor oriented (time, frequency). The published ``InterpreterBrain.
 classifier_forward`` takes it, per backbone, as:
 
-* Conv2d encoder (``piq.yaml``): the encoder output (B, 256, T/16, 32), read as it is;
+* Conv2d encoder (``piq.yaml``): the encoder output (B, 256, T/16, 32), read as it is
+  (:class:`BackboneMap` ``index: 0`` of ``models/conv2d.Conv2dEncoder``);
 * FocalNet (``piq_focalnet.yaml``): ``FocalNetBackbone(x).feature_maps[-1]``, the last stage
   output *before* the final LayerNorm, (B, 1024, 7, 7) at 224 x 224, upsampled 2x
   (bilinear) to (B, 1024, 14, 14) "to avoid OOM";
@@ -16,7 +17,8 @@ the modulators; ViT: the attention probabilities, see ``models/base.py``), so ea
 below recomputes the classifier pass and returns the hidden map next to the logits, in one
 pass. The YAML picks the reader (``hidden_map``): no model-type branch in the interpreter.
 
-For CNN14 there is no published PIQ; :class:`BackboneMap` with ``index: 0`` reads the deepest
+For CNN14 there is no published PIQ (ours: ``piq_cnn14.yaml``); :class:`BackboneMap` with
+``index: 0`` reads the deepest
 block output (block 6, (B, emb_dim, T/32, mel_bins/32)), CNN14's analogue of the Conv2d
 encoder's last map. It lives on the mel axis and is coarse (80 mels: 2 frequency rows), so its
 decoded mask is resized to X's (frames, bins) by the interpreter (``mask_alignment: resize``).
