@@ -596,3 +596,13 @@ def test_single_sample_names_the_bad_file(tmp_path, lmac_checkpoints, device, ki
     with pytest.raises(error, match=match):
         evaluate.main(single_sample_argv(tmp_path / "run", lmac_checkpoints, wav, device))
     assert not (tmp_path / "run" / "int.wav").exists()
+
+
+def test_huge_finite_samples_stay_finite(tmp_path):
+    """Finite samples near float32's maximum: the channel mean and the resampling filter used to
+    overflow to inf (found by test_random_float_arrays under another hypothesis seed)."""
+    data = np.tile(np.array([3.4e38, -3.4e38, 3.0e38, 0.0] * 10, dtype=np.float32)[:, None], (1, 2))
+    path = tmp_path / "huge.wav"
+    sf.write(path, data, 8000, subtype="FLOAT")
+    wav = read_audio(str(path), 16000)
+    assert wav.dtype == torch.float32 and bool(torch.isfinite(wav).all()) and wav.numel() == 80

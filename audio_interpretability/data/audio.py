@@ -286,9 +286,17 @@ def _resample(wav: torch.Tensor, path: str, source_rate: int, sample_rate: int) 
 
 
 def _to_mono(data: np.ndarray, path: str, rate: int, sample_rate: int | None) -> torch.Tensor:
-    wav = torch.from_numpy(data).mean(dim=1)  # (T, C) -> (T,)
+    samples = torch.from_numpy(data)  # (T, C)
+    # Absurd but finite amplitudes (float32's maximum is ~3.4e38) would overflow to inf in the
+    # channel mean or the resampling filter's overshoot: process them at unit scale.
+    peak = float(samples.abs().max()) if samples.numel() else 0.0
+    scale = peak if peak > 1e30 else 1.0
+    wav = (samples / scale).mean(dim=1)  # (T, C) -> (T,)
     if sample_rate is not None:
         wav = _resample(wav, path, rate, sample_rate)
+    if scale != 1.0:
+        big = float(torch.finfo(torch.float32).max)
+        wav = (wav.double() * scale).clamp(-big, big).float()
     return wav.contiguous()
 
 
