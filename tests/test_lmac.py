@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -336,8 +337,12 @@ def test_recipe_plain_resume_and_finetuning(tmp_path, tiny_esc50, device, classi
     results = train_lmac.main(recipe_args(tiny_esc50, out, classifier_ckpt, device))
     metrics = read_json(out / "test_metrics.json")
     assert metrics == results["main"] and metrics["n_samples"] == 10.0
-    for key in ("AI", "AD", "AG", "FF", "fid_in", "SPS", "COMP", "loc_iou", "random_loc_iou"):
-        assert key in metrics
+    assert 0.0 <= metrics["fid_in"] <= 1.0 and 0.0 <= metrics["AI"] <= 100.0
+    assert 0.0 <= metrics["AD"] <= 100.0 and 0.0 <= metrics["AG"] <= 100.0
+    assert -1.0 <= metrics["FF"] <= 1.0 and 0.0 < metrics["SPS"] < 1.0
+    assert 0.0 < metrics["COMP"] <= math.log(81 * 513) + 1e-6  # at most the uniform entropy
+    assert 0.0 <= metrics["loc_iou"] <= metrics["loc_precision"] <= 1.0  # IoU <= precision
+    assert metrics["random_SPS"] == pytest.approx(metrics["SPS"], abs=1e-4)  # same values
     psi = out / "save" / "psi_model.ckpt"
     assert psi.is_file()
     log = (out / "train_log.txt").read_text()
