@@ -113,14 +113,25 @@ def test_clear_errors():
         decoder(wrong_mels(torch.randn(1, 64, 64), return_maps=True).maps)
 
 
-def test_map_channels_for_any_cnn14_width():
+def test_map_channels_for_any_cnn14_width(tmp_path):
     """A Cnn14 whose emb_dim is not 32 * base_channels still gets a decoder."""
     cnn14 = Cnn14(emb_dim=128, base_channels=8).eval()
     maps = cnn14(torch.randn(2, 87, 80), return_maps=True).maps
     assert tuple(m.shape[1] for m in maps) == (128, 128, 64, 32)
-    with pytest.raises(ValueError, match="map_channels"):
+    with pytest.raises(ValueError, match=r'--decoder_map_channels "\[128, 128, 64, 32\]"'):
         CNN14Decoder(in_dim=128, width=16)(maps)
     decoder = CNN14Decoder(width=16, map_channels=(128, 128, 64, 32))
     assert decoder(maps).shape == (2, 1, 81, 513)
+    # the fix the error names is a key of the L-MAC YAML
+    from pathlib import Path
+
+    from hyperpyyaml import load_hyperpyyaml
+
+    yaml = Path(__file__).resolve().parents[1] / "hparams" / "lmac_cnn14.yaml"
+    overrides = {"data_folder": str(tmp_path), "output_folder": str(tmp_path), "emb_dim": 128,
+                 "base_channels": 8, "decoder_width": 16, "decoder_map_channels": [128, 128, 64, 32]}  # fmt: skip
+    with open(yaml, encoding="utf-8") as f:
+        psi = load_hyperpyyaml(f, overrides)["psi_model"]
+    assert psi(maps).shape == (2, 1, 81, 513)
     with pytest.raises(ValueError, match="4 positive channel counts"):
         CNN14Decoder(map_channels=(128, 64))

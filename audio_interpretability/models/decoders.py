@@ -137,9 +137,9 @@ class CNN14Decoder(torch.nn.Module):
         channels = tuple(m.shape[1] for m in maps)
         if channels != self.map_channels:
             raise ValueError(
-                f"CNN14Decoder expects map channels {self.map_channels}, got {channels}: set "
-                f"in_dim to the Cnn14 emb_dim when emb_dim = 32 * base_channels, otherwise pass "
-                f"map_channels=(emb_dim, 16 * base_channels, 8 * base_channels, 4 * base_channels)"
+                f"CNN14Decoder expects map channels {self.map_channels}, got {channels}: pass "
+                f'--decoder_map_channels "{list(channels)}" (emb_dim, 16, 8 and 4 x '
+                "base_channels), or use emb_dim = 32 * base_channels as published"
             )
         freqs = tuple(m.shape[3] for m in maps)
         if freqs != MAP_FREQS:
