@@ -75,6 +75,7 @@ __all__ = [
     "export_nmf_decoder",
     "load_nmf_decoder",
     "plot_nmf",
+    "read_nmf_state",
     "reconstruction_error",
 ]
 
@@ -373,6 +374,43 @@ def _looks_like_hub_id(path: str) -> bool:
     return len(parts) == 3 and not os.path.isabs(path) and not os.path.isdir(parts[0])
 
 
+def read_nmf_state(path: str | os.PathLike, key: str = "nmf_decoder_path") -> dict:
+    """The ``{"W": (bins, K)}`` state of an NMF decoder file, checked (see
+    :func:`load_nmf_decoder` for the files accepted); ``key`` is the hparam the errors name.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file, or a model-hub id (nothing is downloaded here).
+    ValueError
+        Not an NMF decoder file.
+    """
+    path = str(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, DECODER_FILE)
+    if not os.path.isfile(path):
+        hint = (
+            "it looks like a model-hub id and nothing is downloaded here; "
+            if _looks_like_hub_id(path)
+            else ""
+        )
+        raise FileNotFoundError(
+            f"NMF decoder {path!r} not found: {hint}pass --{key} "
+            f"<save_folder>/{DECODER_FILE} written by recipes/ESC50/interpret/train_nmf.py "
+            "(or a published nmf_decoder.ckpt downloaded by hand)."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, torch.Tensor):
+        state = {"W": state}
+    if not isinstance(state, dict) or set(state) != {"W"}:
+        keys = sorted(state)[:5] if isinstance(state, dict) else type(state).__name__
+        raise ValueError(
+            f"{path} is not an NMF decoder (expected a state dict {{'W': (bins, K)}} or a "
+            f"(bins, K) tensor, found {keys}); pass the nmf_decoder.ckpt of a train_nmf.py run."
+        )
+    return state
+
+
 def load_nmf_decoder(path: str | os.PathLike, decoder: NMFDecoderAudio) -> NMFDecoderAudio:
     """Load a trained dictionary into ``decoder`` (in place) and return it.
 
@@ -400,29 +438,7 @@ def load_nmf_decoder(path: str | os.PathLike, decoder: NMFDecoderAudio) -> NMFDe
     >>> torch.equal(decoder.W, trained.W)
     True
     """
-    path = str(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, DECODER_FILE)
-    if not os.path.isfile(path):
-        hint = (
-            "it looks like a model-hub id and nothing is downloaded here; "
-            if _looks_like_hub_id(path)
-            else ""
-        )
-        raise FileNotFoundError(
-            f"NMF decoder {path!r} not found: {hint}pass --nmf_decoder_path "
-            f"<save_folder>/{DECODER_FILE} written by recipes/ESC50/interpret/train_nmf.py "
-            "(or a published nmf_decoder.ckpt downloaded by hand)."
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, torch.Tensor):
-        state = {"W": state}
-    if not isinstance(state, dict) or set(state) != {"W"}:
-        keys = sorted(state)[:5] if isinstance(state, dict) else type(state).__name__
-        raise ValueError(
-            f"{path} is not an NMF decoder (expected a state dict {{'W': (bins, K)}} or a "
-            f"(bins, K) tensor, found {keys}); pass the nmf_decoder.ckpt of a train_nmf.py run."
-        )
+    state = read_nmf_state(path)
     own = tuple(decoder.W.shape)
     if tuple(state["W"].shape) != own:
         raise ValueError(

@@ -51,7 +51,6 @@ Authors
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import speechbrain as sb
@@ -99,25 +98,15 @@ __all__ = [
 
 def _load_dictionary(path) -> torch.Tensor:
     """The (bins, K) dictionary ``relu(W)`` of an ``nmf_decoder.ckpt`` (train_nmf.py), checked."""
-    from audio_interpretability.nmf import NMFDecoderAudio, dictionary, load_nmf_decoder
+    from audio_interpretability.nmf import read_nmf_state
 
-    path = str(path)
-    probe = path if not os.path.isdir(path) else os.path.join(path, "nmf_decoder.ckpt")
-    if not os.path.isfile(probe):
-        raise FileNotFoundError(
-            f"nmf_view_path {path} does not exist; pass the nmf_decoder.ckpt written by "
-            "recipes/ESC50/interpret/train_nmf.py (or null for no NMF view)"
-        )
-    state = torch.load(probe, map_location="cpu", weights_only=True)
-    W = state.get("W") if isinstance(state, dict) else state
-    if not isinstance(W, torch.Tensor) or W.dim() != 2 or W.shape[0] != 513:
+    W = read_nmf_state(path, key="nmf_view_path")["W"]
+    if W.dim() != 2 or W.shape[0] != 513:
         raise ValueError(
             f"nmf_view_path {path} is not a 513-bin NMF dictionary; pass the nmf_decoder.ckpt "
             "of a train_nmf.py run with n_fft 1024"
         )
-    decoder = load_nmf_decoder(probe, NMFDecoderAudio(n_comp=W.shape[1], n_freq=W.shape[0]))
-    with torch.no_grad():
-        return dictionary(decoder).detach()
+    return torch.relu(W).detach()  # what NMFDecoderAudio.return_W gives
 
 
 # --------------------------------------------------------------------------------------------
