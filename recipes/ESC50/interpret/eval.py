@@ -139,14 +139,21 @@ def check_interpreter(hparams: dict) -> type:
     return brain_class
 
 
-def build_interpreter(hparams: dict, run_opts: dict, label_encoder=None):
-    """The Brain of the YAML's ``int_method`` (see :func:`check_interpreter`)."""
-    return check_interpreter(hparams)(
+def build_interpreter(
+    brain_class: type, hparams: dict, run_opts: dict, label_encoder=None, noise=None
+):
+    """The Brain of the YAML's ``int_method`` (``brain_class``: :func:`check_interpreter`'s).
+
+    ``noise`` is the test noise built once by :func:`main` (each setting passes it or None to
+    ``evaluate_setting``): given to the Brain so that it does not build a second source from
+    the YAML that no setting uses.
+    """
+    return brain_class(
         modules=hparams["modules"],
         hparams=hparams,
         run_opts=run_opts,
         label_encoder=label_encoder,
-        noise=None,  # each setting passes its own (evaluate_setting)
+        noise=noise,
     )
 
 
@@ -177,12 +184,12 @@ def main(argv=None) -> dict:
     hparams, run_opts = load_recipe(argv)
     # Fail early (before any data or model work) on a bad interpreter, protocol, type, noise
     # folder or LJSpeech folder.
-    check_interpreter(hparams)
+    brain_class = check_interpreter(hparams)
     protocol = check_eval_protocol(hparams["eval_protocol"])
     types = overlap_types(hparams["overlap_type"])
 
     if hparams["single_sample"]:
-        brain = build_interpreter(hparams, run_opts, _label_encoder(hparams))
+        brain = build_interpreter(brain_class, hparams, run_opts, _label_encoder(hparams))
         result = interpret_single_sample(
             brain, hparams["single_sample"], hparams["single_sample_output"]
         )
@@ -202,7 +209,7 @@ def main(argv=None) -> dict:
     noise = None
     if any(noisy for _, _, noisy in runs):  # built once, before any work
         noise = WhamNoise.from_hparams(hparams, split=wham_test_split(hparams), enabled=True)
-    brain = build_interpreter(hparams, run_opts, datasets["label_encoder"])
+    brain = build_interpreter(brain_class, hparams, run_opts, datasets["label_encoder"], noise)
 
     results = {}
     for name, dataset, noisy in runs:
