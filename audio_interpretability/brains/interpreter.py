@@ -126,6 +126,15 @@ class InterpreterBrain(sb.Brain):
     #: Whether :meth:`make_mask` needs the classifier's intermediate maps.
     needs_maps: bool = False
 
+    #: Whether :meth:`make_mask` differentiates the frozen classifier with respect to its input
+    #: X (gradient baselines: saliency, integrated gradients, Grad-CAM). The classifier pass of
+    #: :meth:`interpret` stays under ``torch.no_grad()``; :meth:`make_mask` is then called under
+    #: ``torch.enable_grad()`` (also inside :meth:`evaluate` and
+    #: :meth:`interpret_computation_steps`, which run without gradients) and its mask is
+    #: detached. The classifier's parameters keep ``requires_grad=False``: only X gets a
+    #: gradient.
+    needs_input_gradients: bool = False
+
     #: Whether the training loss reads the masked-in / masked-out logits (L-MAC's does; L2I's
     #: and PIQ's do not, and their training skips those classifier passes: ``logits_in`` and
     #: ``logits_out`` are then None in TRAIN).
@@ -231,7 +240,8 @@ class InterpreterBrain(sb.Brain):
 
     def interpret(self, wavs: torch.Tensor) -> tuple[Spectrogram, ClassifierOutput, MaskOutput]:
         """The interpretation pipeline, the one place it is written: front-end -> frozen
-        classifier (no gradient; maps when :attr:`needs_maps`) -> :meth:`make_mask`.
+        classifier (no gradient; maps when :attr:`needs_maps`) -> :meth:`make_mask` (with
+        gradients enabled when :attr:`needs_input_gradients`).
 
         Arguments
         ---------
@@ -250,7 +260,12 @@ class InterpreterBrain(sb.Brain):
         spec = self.preprocess(wavs)
         with torch.no_grad():
             clf = self.classifier_forward(spec.X, return_maps=self.needs_maps)
-        mask_out = self.make_mask(spec, clf)
+        if self.needs_input_gradients:
+            with torch.enable_grad():
+                mask_out = self.make_mask(spec, clf)
+            mask_out = MaskOutput(mask_out.mask.detach(), mask_out.extras)
+        else:
+            mask_out = self.make_mask(spec, clf)
         frames = mask_out.mask.shape[1]
         if self.crops_frames and mask_out.mask.dim() == 3 and frames < spec.X.shape[1]:
             # The mask covers the first `frames` frames only (published L-MAC): the masked
