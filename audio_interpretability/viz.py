@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,7 +37,13 @@ from audio_interpretability.checkpointing import apply_umask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InterpretationFiles", "plot_interpretation", "save_interpretation", "save_wav"]
+__all__ = [
+    "InterpretationFiles",
+    "plot_interpretation",
+    "save_interpretation",
+    "save_wav",
+    "save_wav_stream",
+]
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -153,6 +159,55 @@ def save_wav(path: str | os.PathLike, wav: ArrayLike, sample_rate: int) -> Path:
     """
     _check_sample_rate(sample_rate)
     return _write_wav(Path(path), _prepare_wav(wav), int(sample_rate))
+
+
+def save_wav_stream(
+    path: str | os.PathLike, chunks: Iterable[ArrayLike], sample_rate: int
+) -> tuple[Path, int]:
+    """Write mono waveform pieces one after the other into one float32 WAV, atomically: the
+    file appears only when every piece is written (an error in the middle leaves nothing).
+
+    Holds one piece at a time (long files interpreted chunk by chunk); each piece is checked
+    and clipped as in :func:`save_wav`.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        Destination ``.wav`` file (parent folders are created).
+    chunks : Iterable of (T_i,) waveforms
+        The pieces, in order (a generator is consumed as it is written).
+    sample_rate : int
+        Sample rate in Hz.
+
+    Returns
+    -------
+    tuple[pathlib.Path, int]
+        The written path and its number of samples.
+
+    Example
+    -------
+    >>> import tempfile, soundfile
+    >>> folder = tempfile.mkdtemp()
+    >>> out, n = save_wav_stream(folder + "/x.wav", (torch.zeros(800) for _ in range(3)), 16000)
+    >>> n, soundfile.info(str(out)).frames
+    (2400, 2400)
+    """
+    _check_sample_rate(sample_rate)
+    written = 0
+
+    def write(tmp: str) -> None:
+        nonlocal written
+        with sf.SoundFile(
+            tmp, "w", samplerate=int(sample_rate), channels=1, format="WAV", subtype="FLOAT"
+        ) as f:
+            for i, chunk in enumerate(chunks):
+                data = _prepare_wav(chunk, f"piece {i}")
+                f.write(data)
+                written += data.shape[0]
+        if written == 0:
+            raise ValueError("save_wav_stream got no samples; pass at least one piece.")
+
+    return _atomic_write(Path(path), write), written
 
 
 def _render_png(

@@ -21,7 +21,9 @@ Authors
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -45,6 +47,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "SingleSampleResult",
     "evaluate_overlap",
+    "chunk_samples",
     "evaluate_setting",
     "interpret_single_sample",
     "overlap_batch",
@@ -280,17 +283,63 @@ class SingleSampleResult(NamedTuple):
     probability: float
     wav_path: Path
     png_path: Path
+    json_path: Path
+    #: One ``{"start_s", "end_s", "predicted_index", "predicted_class", "probability"}`` per
+    #: chunk the file was interpreted in (one for a file no longer than a chunk).
+    chunks: list
+
+
+#: Most time columns of a long file's figure (frames are averaged in groups above this).
+FIGURE_COLUMNS = 2000
+
+
+def chunk_samples(frontend, chunk_seconds: float) -> int:
+    """Samples per chunk of a long file: ``chunk_seconds`` rounded to a whole number of
+    ``8 * hop`` samples, so that a chunk's STFT has ``8 k + 1`` frames and interpreters that
+    crop to a multiple of 8 frames (published L-MAC) still cover all of it.
+
+    Example
+    -------
+    >>> from audio_interpretability.features import Frontend
+    >>> frontend = Frontend(sample_rate=16000)
+    >>> n = chunk_samples(frontend, 5.0)
+    >>> n % (8 * frontend.hop_samples), frontend.n_frames(n) % 8
+    (0, 1)
+    """
+    chunk_seconds = float(chunk_seconds)
+    if not chunk_seconds > 0:
+        raise ValueError(
+            f"single_sample_chunk_s must be a positive number of seconds, got {chunk_seconds}; "
+            "pass e.g. --single_sample_chunk_s 5 (the training clips' length)."
+        )
+    unit = 8 * frontend.hop_samples
+    return max(1, round(chunk_seconds * frontend.sample_rate / unit)) * unit
 
 
 @torch.no_grad()
 def interpret_single_sample(
-    brain: InterpreterBrain, wav_path: str, output_path: str
+    brain: InterpreterBrain,
+    wav_path: str,
+    output_path: str,
+    chunk_seconds: float | None = None,
 ) -> SingleSampleResult:
-    """Interpret one audio file and write the listenable interpretation and a figure.
+    """Interpret one audio file and write the listenable interpretation, a figure and a JSON.
 
     The file may have any sample rate and channel count (downmixed, resampled to the
     front-end's rate, peak-normalised as the training clips). Writes ``output_path`` (WAV;
-    ``.wav`` is appended when missing) and the same path with ``.png``.
+    ``.wav`` is appended when missing), the same path with ``.png`` and with ``.json`` (the
+    prediction and, per chunk, its time span and prediction).
+
+    A file longer than ``chunk_seconds`` is interpreted chunk by chunk (consecutive,
+    non-overlapping chunks of :func:`chunk_samples`; the last one zero-padded for the
+    classifier, its output trimmed): the classifier sees inputs of the length it was trained
+    on, and memory does not grow with the file. Peak memory is that of one chunk's
+    interpretation plus the figure's time-averaged arrays (at most :data:`FIGURE_COLUMNS`
+    columns): the audio is checked in a first streaming pass (:func:`scan_audio`: corrupt,
+    truncated, NaN / Inf, so a bad file stops before any model work), read chunk by chunk,
+    and the WAV is written piece by piece (it appears only once complete). The file's
+    prediction is the mean of the chunks' class probabilities, weighted by their lengths.
+    Each chunk's mask is computed from that chunk alone.
 
     Arguments
     ---------
@@ -300,11 +349,13 @@ def interpret_single_sample(
         Input audio file.
     output_path : str
         Path of the interpretation WAV.
+    chunk_seconds : float, optional
+        Chunk length (seconds; e.g. the training clips' 5 s). None: the whole file at once.
 
     Returns
     -------
     SingleSampleResult
-        Predicted class index, name and probability, and the written paths.
+        Predicted class index, name and probability, the written paths and the chunks.
 
     Raises
     ------
@@ -312,30 +363,138 @@ def interpret_single_sample(
         ``wav_path`` is missing, a directory, or not usable audio (corrupt, empty, truncated,
         NaN / Inf samples); see :func:`audio_interpretability.data.audio.read_audio`.
     """
-    from audio_interpretability import viz
-    from audio_interpretability.data.audio import read_audio
+    from audio_interpretability.data.audio import scan_audio
 
     frontend = brain.hparams.frontend
-    # checked: missing file, directory, corrupt / truncated file, NaN / Inf -> named error
-    wav = read_audio(wav_path, frontend.sample_rate, normalize=True).unsqueeze(0)  # (1, T)
+    sample_rate = frontend.sample_rate
+    # checked before any model work: missing file, directory, corrupt / truncated, NaN / Inf
+    info, peak = scan_audio(wav_path)
+    n_samples = math.ceil(info.frames * sample_rate / info.samplerate)
+    chunk = n_samples if chunk_seconds is None else chunk_samples(frontend, chunk_seconds)
     brain.hparams.model.eval()
     brain.modules.eval()
-    spec, clf, mask_out = brain.interpret(wav.to(brain.device))
-    mask = mask_out.mask  # (1, frames, bins)
-    wav_int = frontend.invert(torch.expm1(mask * spec.X), spec.phase, wav.shape[1])
-    probs = clf.logits.float().softmax(dim=-1)[0]
-    index = int(probs.argmax())
-    name = brain.class_name(index)
     out = Path(output_path)
     if out.suffix.lower() != ".wav":
         out = out.with_name(out.name + ".wav")
-    panels = brain.interpretation_panels(spec.X, mask, mask_out.extras, 0)
+    if n_samples <= chunk:
+        return _interpret_whole_file(brain, wav_path, out)
+    return _interpret_in_chunks(brain, wav_path, out, info, peak, n_samples, chunk)
+
+
+def _single_sample_outputs(brain, wav_path, out, probs, chunks, panels, hop_samples):
+    """Write the figure and the JSON of :func:`interpret_single_sample`; the result."""
+    from audio_interpretability import viz
+
+    index = int(probs.argmax())
+    name = brain.class_name(index)
     png_file = viz.plot_interpretation(
         out.with_suffix(".png"),
         panels,
         suptitle=f"{Path(wav_path).name}: predicted {name} ({float(probs[index]):.2f})",
-        sample_rate=frontend.sample_rate,
-        hop_samples=frontend.hop_samples,
+        sample_rate=brain.hparams.frontend.sample_rate,
+        hop_samples=hop_samples,
     )
-    wav_file = viz.save_wav(out, wav_int[0].float().cpu(), frontend.sample_rate)
-    return SingleSampleResult(index, name, float(probs[index]), Path(wav_file), Path(png_file))
+    summary = {
+        "file": str(wav_path),
+        "predicted_index": index,
+        "predicted_class": name,
+        "probability": float(probs[index]),
+        "interpretation_wav": str(out),
+        "figure": str(png_file),
+        "chunks": chunks,
+    }
+    json_file = out.with_suffix(".json")
+    tmp = json_file.with_name(f".{json_file.name}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    os.replace(tmp, json_file)
+    return SingleSampleResult(
+        index, name, float(probs[index]), out, Path(png_file), json_file, chunks
+    )
+
+
+def _chunk_record(brain, start: int, end: int, probs: torch.Tensor) -> dict:
+    rate = brain.hparams.frontend.sample_rate
+    index = int(probs.argmax())
+    return {
+        "start_s": start / rate,
+        "end_s": end / rate,
+        "predicted_index": index,
+        "predicted_class": brain.class_name(index),
+        "probability": float(probs[index]),
+    }
+
+
+def _interpret_whole_file(brain, wav_path, out: Path) -> SingleSampleResult:
+    """A file no longer than a chunk: one pass over the whole (peak-normalised) file."""
+    from audio_interpretability import viz
+    from audio_interpretability.data.audio import read_audio
+
+    frontend = brain.hparams.frontend
+    wav = read_audio(wav_path, frontend.sample_rate, normalize=True).unsqueeze(0)  # (1, T)
+    spec, clf, mask_out = brain.interpret(wav.to(brain.device))
+    mask = mask_out.mask  # (1, frames, bins)
+    wav_int = frontend.invert(torch.expm1(mask * spec.X), spec.phase, wav.shape[1])
+    probs = clf.logits.float().softmax(dim=-1)[0].cpu()
+    viz.save_wav(out, wav_int[0].float().cpu(), frontend.sample_rate)
+    panels = brain.interpretation_panels(spec.X, mask, mask_out.extras, 0)
+    chunks = [_chunk_record(brain, 0, wav.shape[1], probs)]
+    return _single_sample_outputs(brain, wav_path, out, probs, chunks, panels, frontend.hop_samples)
+
+
+def _interpret_in_chunks(brain, wav_path, out, info, peak, n_samples, chunk):
+    """A long file, chunk by chunk (see :func:`interpret_single_sample`)."""
+    from tqdm import tqdm
+
+    from audio_interpretability import viz
+    from audio_interpretability.data.audio import read_audio_segment
+
+    frontend = brain.hparams.frontend
+    rate, hop = frontend.sample_rate, frontend.hop_samples
+    n_chunks = math.ceil(n_samples / chunk)
+    frames = frontend.n_frames(chunk)
+    # the figure: frames averaged in groups of `pool` (at most FIGURE_COLUMNS columns)
+    pool = max(1, math.ceil(n_chunks * frames / FIGURE_COLUMNS))
+    scale = 1.0 / peak if peak > 0 else 1.0  # the whole file's peak (as read_audio normalises)
+    margin = min(chunk, 4 * hop)  # context for the resampling filter at chunk edges
+    mean_probs = torch.zeros(())  # (C,) once the first chunk is in
+    chunks: list[dict] = []
+    figure_X: list[torch.Tensor] = []
+    figure_mask: list[torch.Tensor] = []
+
+    def pooled(t: torch.Tensor) -> torch.Tensor:  # (frames, bins) -> (ceil(frames/pool), bins)
+        return torch.nn.functional.avg_pool1d(t.T[None].float().cpu(), pool, pool, ceil_mode=True)[
+            0
+        ].T
+
+    def pieces():
+        nonlocal mean_probs
+        for k in tqdm(
+            range(n_chunks),
+            desc=Path(wav_path).name,
+            unit="chunk",
+            disable=brain.noprogressbar,
+        ):
+            start = k * chunk
+            length = min(chunk, n_samples - start)
+            lead = min(margin, start)
+            wav = read_audio_segment(
+                wav_path, rate, start - lead, lead + length + margin, info, warn_silent=False
+            )  # (<= lead + length + margin,)
+            wav = (wav[lead : lead + length] * scale).clamp(-1.0, 1.0)  # (length,)
+            wav = torch.nn.functional.pad(wav, (0, chunk - wav.shape[0]))[None]  # (1, chunk)
+            spec, clf, mask_out = brain.interpret(wav.to(brain.device))
+            mask = mask_out.mask  # (1, frames, bins)
+            wav_int = frontend.invert(torch.expm1(mask * spec.X), spec.phase, chunk)
+            probs = clf.logits.float().softmax(dim=-1)[0].cpu()
+            mean_probs = mean_probs + probs * (length / n_samples)
+            chunks.append(_chunk_record(brain, start, start + length, probs))
+            used = frontend.n_frames(length) if length < chunk else mask.shape[1]
+            figure_X.append(pooled(spec.X[0, :used]))
+            figure_mask.append(pooled(mask[0, :used]))
+            yield wav_int[0, :length].float().cpu()
+
+    viz.save_wav_stream(out, pieces(), rate)
+    X = torch.cat(figure_X)[None]  # (1, columns, bins)
+    mask = torch.cat(figure_mask)[None]
+    panels = InterpreterBrain.interpretation_panels(brain, X, mask, {}, 0)
+    return _single_sample_outputs(brain, wav_path, out, mean_probs, chunks, panels, hop * pool)

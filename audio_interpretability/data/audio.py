@@ -62,6 +62,7 @@ __all__ = [
     "peak_scale",
     "read_audio",
     "read_audio_segment",
+    "scan_audio",
 ]
 
 
@@ -351,6 +352,59 @@ def read_audio(
     if sample_rate is not None:
         wav = _resample(wav, path, rate, sample_rate)
     return peak_normalize(wav) if normalize else wav
+
+
+def scan_audio(path: str, block_frames: int = 1 << 20) -> tuple[sf._SoundFileInfo, float]:
+    """Check a whole file block by block without holding it (long recordings): the checks of
+    :func:`read_audio` (missing, corrupt, truncated, NaN / Inf, silent: a warning) and the
+    absolute peak of its mono downmix at the file's rate.
+
+    Arguments
+    ---------
+    path : str
+        Audio file.
+    block_frames : int
+        Frames decoded at a time (memory: ``block_frames * channels * 4`` bytes).
+
+    Returns
+    -------
+    info : soundfile info
+        ``audio_info(path)``.
+    peak : float
+        Absolute peak of the mono downmix (0 for a silent file).
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError, AudioError
+        As :func:`read_audio`, before any model work.
+
+    Example
+    -------
+    >>> import tempfile, os, numpy as np, soundfile as sf
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.wav")
+    >>> sf.write(path, np.stack([0.5 * np.ones(3000), np.zeros(3000)], axis=1), 8000)
+    >>> info, peak = scan_audio(path, block_frames=1000)
+    >>> info.frames, round(peak, 3)
+    (3000, 0.25)
+    """
+    path = os.fspath(path)
+    info = audio_info(path)
+    peak, found = 0.0, 0
+    try:
+        blocks = sf.blocks(path, blocksize=int(block_frames), dtype="float32", always_2d=True)
+        for block in blocks:  # (frames, C)
+            _check_finite(block, path, info.samplerate, offset=found)
+            if block.shape[0]:
+                peak = max(peak, float(_to_mono(block, path, info.samplerate, None).abs().max()))
+            found += block.shape[0]
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        raise AudioError(path, f"cannot be decoded ({_reason(err)}): it is corrupt or not audio",
+                         _REPLACE) from None  # fmt: skip
+    if found < info.frames:
+        raise _truncated(path, info.frames, found, info.samplerate)
+    if peak < SILENT_PEAK:
+        _warn_silent(path, peak)
+    return info, peak
 
 
 def read_audio_segment(

@@ -18,7 +18,8 @@ To run::
     # our former protocol: the test fold clean, with WHAM! (when --wham_folder is given) and
     # with each asked OOD type, one version per clip
     ... --eval_protocol ours [--wham_folder W] [--overlap_type all --ljspeech_path L]
-    # one file (any sample rate / channels): interpretation WAV + PNG, predicted class
+    # one file (any sample rate / channels): interpretation WAV + PNG + JSON, predicted class;
+    # a file longer than single_sample_chunk_s (5 s) is interpreted chunk by chunk
     ... --single_sample clip.wav --single_sample_output out/clip_interpretation.wav
 
 Settings and outputs (``<output_folder>/<setting>/test_metrics.json`` each, interpretations
@@ -191,12 +192,22 @@ def main(argv=None) -> dict:
     if hparams["single_sample"]:
         brain = build_interpreter(brain_class, hparams, run_opts, _label_encoder(hparams))
         result = interpret_single_sample(
-            brain, hparams["single_sample"], hparams["single_sample_output"]
+            brain,
+            hparams["single_sample"],
+            hparams["single_sample_output"],
+            chunk_seconds=hparams["single_sample_chunk_s"],
         )
+        if len(result.chunks) > 1:
+            for c in result.chunks:
+                print(
+                    f"  {c['start_s']:8.2f} s - {c['end_s']:8.2f} s: {c['predicted_class']} "
+                    f"(p = {c['probability']:.3f})"
+                )
         print(
             f"{hparams['single_sample']}: predicted class {result.predicted_class} "
-            f"(index {result.predicted_index}, p = {result.probability:.3f}); wrote "
-            f"{result.wav_path} and {result.png_path}"
+            f"(index {result.predicted_index}, p = {result.probability:.3f}"
+            f"{f', mean over {len(result.chunks)} chunks' if len(result.chunks) > 1 else ''}); "
+            f"wrote {result.wav_path}, {result.png_path} and {result.json_path}"
         )
         return result._asdict()
 
