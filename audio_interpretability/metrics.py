@@ -588,14 +588,28 @@ class MaskDependence:
 
     def summarize(self) -> float:
         """The between-clip share of variance in [0, 1] (0 when there is no variance at all)."""
-        if self.count == 0:
+        ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        shape = self.shape
+        if ddp:  # a process without masks (more processes than clips) joins with zeros
+            shapes = [None] * dist.get_world_size()
+            dist.all_gather_object(shapes, self.shape)
+            distinct = sorted({tuple(s) for s in shapes if s is not None})
+            if len(distinct) > 1:  # raised by every process (none is left waiting)
+                raise ValueError(
+                    f"MaskDependence: the processes hold masks of shapes {distinct}; evaluate "
+                    "clips of one length under DDP"
+                )
+            shape = distinct[0] if distinct else None
+        if shape is None:
             raise ValueError("MaskDependence.summarize() before any update(); add masks first")
         total, sum_sq, count = (
-            self.sum,
+            self.sum if self.sum is not None else torch.zeros(shape, dtype=torch.float64),
             torch.as_tensor(self.sum_sq, dtype=torch.float64),
             self.count,
         )
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if ddp:
+            if dist.get_backend() == "nccl":
+                total = total.to(torch.device("cuda", torch.cuda.current_device()))
             packed = torch.cat(
                 (
                     total.flatten(),
@@ -604,7 +618,7 @@ class MaskDependence:
                 )
             )
             dist.all_reduce(packed)
-            total, sum_sq, count = packed[:-2].view(self.shape), packed[-2], int(packed[-1])
+            total, sum_sq, count = packed[:-2].view(shape), packed[-2], int(packed[-1])
         sum_sq = sum_sq.to(total.device)
         n_bins = total.numel()
         between = sum_sq - total.pow(2).sum() / count  # sum_i ||m_i - mu||^2

@@ -42,6 +42,7 @@ from speechbrain.nnet.schedulers import CyclicLRScheduler, ReduceLROnPlateau
 
 from audio_interpretability.checkpointing import apply_umask, register_random_states
 from audio_interpretability.data.wham import WhamNoise, mix_at_snr
+from audio_interpretability.distributed import DistributedBrainMixin, all_reduce_sum
 from audio_interpretability.models.base import ClassifierOutput
 
 logger = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def save_confusion_matrix_png(confusion: list, class_names: list[str], path: str
             os.remove(tmp)
 
 
-class ClassifierBrain(sb.Brain):
+class ClassifierBrain(DistributedBrainMixin, sb.Brain):
     """Brain that trains and tests an :class:`~audio_interpretability.models.AudioClassifier`.
 
     Expects ``modules`` with ``frontend`` (:class:`~audio_interpretability.features.Frontend`)
@@ -320,8 +321,12 @@ class ClassifierBrain(sb.Brain):
     def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
         """Log loss / error / accuracy; anneal the lr (plateau) and checkpoint after validation;
         write the test metrics after testing."""
-        report = classification_report(self.confusion, self.class_names)
-        stats = {"loss": float(stage_loss), "error": report["error"], "acc": report["accuracy"]}
+        # Under DDP: the confusion matrix and the loss of every process's clips (validation
+        # and test sets are sharded without padding, so each clip is counted once).
+        confusion = all_reduce_sum(self.confusion).round().long()
+        stage_loss = self.stage_loss_over_processes(stage_loss)
+        report = classification_report(confusion, self.class_names)
+        stats = {"loss": stage_loss, "error": report["error"], "acc": report["accuracy"]}
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
         elif stage == sb.Stage.VALID:

@@ -30,6 +30,7 @@ import speechbrain as sb
 import torch
 
 from audio_interpretability import metrics as M
+from audio_interpretability.distributed import DistributedBrainMixin
 from audio_interpretability.features import Spectrogram
 from audio_interpretability.models.base import ClassifierOutput
 
@@ -97,7 +98,7 @@ class Interpretation(NamedTuple):
     extras: dict
 
 
-class InterpreterBrain(sb.Brain):
+class InterpreterBrain(DistributedBrainMixin, sb.Brain):
     """Base Brain of the interpreters (AMT, L-MAC) of a frozen classifier.
 
     Hparams it reads (YAML keys): ``frontend`` (:class:`~audio_interpretability.features.Frontend`),
@@ -588,7 +589,8 @@ class InterpreterBrain(sb.Brain):
 
     def summarize_stage(self, stage, stage_loss) -> dict:
         """Plain-float summary of the stage: loss and every metric mean (JSON/meta safe)."""
-        summary = {"loss": float(stage_loss)}
+        # Under DDP the loss and the metrics are those of every process's clips.
+        summary = {"loss": self.stage_loss_over_processes(stage_loss)}
         if stage != sb.Stage.TRAIN and self.metric_accumulator is not None:
             summary.update(self.metric_accumulator.summarize())
             summary["mask_input_dependence"] = self.mask_dependence.summarize()

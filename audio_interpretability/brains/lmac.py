@@ -59,6 +59,7 @@ import torch.nn.functional as F
 
 from audio_interpretability.brains.interpreter import Interpretation, MaskOutput
 from audio_interpretability.brains.trainable import PSI_FILE, TrainableInterpreterBrain
+from audio_interpretability.distributed import all_reduce_sum
 from audio_interpretability.features import Spectrogram
 from audio_interpretability.models.base import ClassifierOutput
 from audio_interpretability.models.decoders import MAX_FRAME_DIFF
@@ -626,8 +627,10 @@ class LMAC(TrainableInterpreterBrain):
     def summarize_stage(self, stage, stage_loss) -> dict:
         """Base summary plus, when fine-tuning, ``gate_passed`` and ``gate_fraction``."""
         summary = super().summarize_stage(stage, stage_loss)
-        if self.hparams.finetuning and self._gate_total > 0:
-            passed = float(self._gate_passed)
-            summary["gate_passed"] = passed
-            summary["gate_fraction"] = passed / self._gate_total
+        if self.hparams.finetuning:  # counted over every process under DDP
+            counts = torch.tensor([float(self._gate_passed), float(self._gate_total)])
+            passed, total = all_reduce_sum(counts.double()).tolist()
+            if total > 0:
+                summary["gate_passed"] = passed
+                summary["gate_fraction"] = passed / total
         return summary

@@ -41,6 +41,7 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.data_pipeline import provides, takes
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 from audio_interpretability.checkpointing import apply_umask
 from audio_interpretability.data.audio import (
@@ -503,38 +504,51 @@ def _label_map(datasets: dict[str, dict]) -> dict[str, int]:
 
 
 def _label_encoder(label_encoder_file: str, label_to_target: dict[str, int]) -> CategoricalEncoder:
-    """Load the encoder if the file exists (and check it), else build it and save it."""
+    """Load the encoder if the file exists (and check it), else build it and save it.
+
+    Under DDP every process calls this: the main process writes a missing file, the others
+    wait for it (a barrier), then every process loads and checks it.
+    """
+    saved = False
+    if if_main_process() and not os.path.isfile(label_encoder_file):
+        _save_label_encoder(label_encoder_file, label_to_target)
+        saved = True
+    ddp_barrier()
     encoder = CategoricalEncoder()
-    if os.path.isfile(label_encoder_file):
-        try:
-            encoder.load(label_encoder_file)
-        except (OSError, ValueError, SyntaxError) as err:
+    try:
+        encoder.load(label_encoder_file)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ValueError(
+            f"could not read the label encoder {label_encoder_file} ({err}); delete it so "
+            "that it is rebuilt from the manifests"
+        ) from None
+    for label, target in sorted(label_to_target.items(), key=lambda kv: kv[1]):
+        if encoder.lab2ind.get(label) != target:
             raise ValueError(
-                f"could not read the label encoder {label_encoder_file} ({err}); delete it so "
-                "that it is rebuilt from the manifests"
-            ) from None
-        for label, target in sorted(label_to_target.items(), key=lambda kv: kv[1]):
-            if encoder.lab2ind.get(label) != target:
-                raise ValueError(
-                    f"label encoder {label_encoder_file} maps class {label!r} to "
-                    f"{encoder.lab2ind.get(label)} but the manifests give target {target}; "
-                    "delete the file to rebuild it (a classifier trained with the old mapping "
-                    "would then predict wrong labels)"
-                )
+                f"label encoder {label_encoder_file} maps class {label!r} to "
+                f"{encoder.lab2ind.get(label)} but the manifests give target {target}; "
+                "delete the file to rebuild it (a classifier trained with the old mapping "
+                "would then predict wrong labels)"
+            )
+    if not saved:
         logger.info("Loaded label encoder from %s", label_encoder_file)
-    else:
-        for label, target in sorted(label_to_target.items(), key=lambda kv: kv[1]):
-            encoder.enforce_label(label, target)
-        folder = os.path.dirname(os.path.abspath(label_encoder_file))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_label_encoder_")
-        os.close(fd)
-        encoder.save(tmp)
-        apply_umask(tmp)  # mkstemp creates 0600
-        os.replace(tmp, label_encoder_file)
-        logger.info("Saved label encoder (%d classes) to %s", len(encoder), label_encoder_file)
     encoder.expect_len(len(encoder.lab2ind))
     return encoder
+
+
+def _save_label_encoder(label_encoder_file: str, label_to_target: dict[str, int]) -> None:
+    """Write the encoder of ``label_to_target`` atomically (the file's mode follows the umask)."""
+    encoder = CategoricalEncoder()
+    for label, target in sorted(label_to_target.items(), key=lambda kv: kv[1]):
+        encoder.enforce_label(label, target)
+    folder = os.path.dirname(os.path.abspath(label_encoder_file))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_label_encoder_")
+    os.close(fd)
+    encoder.save(tmp)
+    apply_umask(tmp)  # mkstemp creates 0600
+    os.replace(tmp, label_encoder_file)
+    logger.info("Saved label encoder (%d classes) to %s", len(encoder), label_encoder_file)
 
 
 def dataio_prep(

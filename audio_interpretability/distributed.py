@@ -1,0 +1,172 @@
+"""Multi-process training and evaluation (``torchrun``, DDP) shared by the Brains.
+
+SpeechBrain 1.1.2 shards only the training set under DDP (a ``DistributedSampler``, which pads
+it to a multiple of the world size by repeating clips) and leaves validation and test to every
+process on the whole set; it also converts every trained module to ``SyncBatchNorm``, which
+only runs on GPUs. :class:`DistributedBrainMixin` changes the three things our recipes need:
+
+* validation and test sets are split into contiguous blocks, one per process, **without
+  padding** (:class:`ShardSampler`): every clip is scored exactly once, and the metrics,
+  gathered over the processes (:class:`~audio_interpretability.metrics.MetricAccumulator`,
+  :class:`~audio_interpretability.metrics.MaskDependence`), equal a single-process run's;
+* on CPU (``--distributed_backend gloo``) the trained modules are wrapped in DDP without
+  ``SyncBatchNorm`` (each process keeps its own BatchNorm statistics, as PyTorch's CPU DDP does);
+* the stage loss is averaged over every process's batches (:meth:`stage_loss_over_processes`),
+  so that the logged loss and what the LR schedulers see are the same on every process.
+
+Files are written by rank 0 only (logs, checkpoints, metrics, interpretations: rank 0 holds
+the first block of each evaluated set, hence the first clips, as a single process would);
+see docs/DISTRIBUTED.md.
+
+Authors
+* audio_interpretability contributors
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import speechbrain as sb
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import IterableDataset, Sampler
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DistributedBrainMixin",
+    "ShardSampler",
+    "all_reduce_sum",
+    "is_distributed",
+    "process_rank",
+    "world_size",
+]
+
+
+def is_distributed() -> bool:
+    """Whether a process group with more than one process is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    """Number of processes (1 without ``torch.distributed``)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def process_rank() -> int:
+    """This process's rank (0 without ``torch.distributed``)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum of ``values`` over the processes (``values`` itself without DDP); a collective.
+
+    The reduction runs in float64 on the backend's device (CUDA for NCCL, CPU otherwise); the
+    result comes back on ``values``' device and dtype.
+
+    Example
+    -------
+    >>> all_reduce_sum(torch.tensor([1.0, 2.0]))  # one process: unchanged
+    tensor([1., 2.])
+    """
+    if not is_distributed():
+        return values
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    packed = values.detach().to(device, torch.float64).clone()
+    dist.all_reduce(packed)
+    return packed.to(values.device, values.dtype)
+
+
+class ShardSampler(Sampler):
+    """This process's contiguous block of ``range(len(dataset))``, in order, without padding.
+
+    Process ``r`` of ``W`` gets ``[r * n // W, (r + 1) * n // W)``: the blocks cover every
+    index exactly once (``DistributedSampler`` instead repeats indices so that every process
+    gets as many, which counts those clips twice in the metrics). Rank 0 holds the first
+    indices, so the interpretations it saves are those of the first clips.
+
+    Arguments
+    ---------
+    dataset : Sized
+        The evaluated set (only its length is read).
+    rank, num_replicas : int, optional
+        This process's rank and the number of processes (default: the process group's).
+
+    Example
+    -------
+    >>> [list(ShardSampler(range(5), rank=r, num_replicas=2)) for r in range(2)]
+    [[0, 1], [2, 3, 4]]
+    >>> ShardSampler(range(5), rank=1, num_replicas=2).offset
+    2
+    """
+
+    def __init__(self, dataset, rank: int | None = None, num_replicas: int | None = None):
+        self.num_replicas = world_size() if num_replicas is None else int(num_replicas)
+        self.rank = process_rank() if rank is None else int(rank)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {self.rank} is not in [0, {self.num_replicas})")
+        n = len(dataset)
+        #: Index of this process's first item in the dataset.
+        self.offset = self.rank * n // self.num_replicas
+        self.end = (self.rank + 1) * n // self.num_replicas
+
+    def __iter__(self):
+        return iter(range(self.offset, self.end))
+
+    def __len__(self) -> int:
+        return self.end - self.offset
+
+
+class DistributedBrainMixin:
+    """What an ``sb.Brain`` needs to train and evaluate under ``torchrun`` (module docstring).
+
+    Put it before ``sb.Brain`` in the bases (``class ClassifierBrain(DistributedBrainMixin,
+    sb.Brain)``) and pass the stage loss through :meth:`stage_loss_over_processes` in
+    ``on_stage_end`` (every process calls it). Without DDP nothing changes.
+    """
+
+    _loss_steps: int = 0
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """As SpeechBrain's; under DDP validation / test sets get a :class:`ShardSampler`
+        (unless the caller gave a sampler)."""
+        if (
+            stage != sb.Stage.TRAIN
+            and self.distributed_launch
+            and is_distributed()
+            and loader_kwargs.get("sampler") is None
+            and loader_kwargs.get("batch_sampler") is None
+            and not isinstance(dataset, IterableDataset)
+        ):
+            loader_kwargs = dict(loader_kwargs, sampler=ShardSampler(dataset), shuffle=False)
+        return super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
+
+    def _wrap_distributed(self):
+        """As SpeechBrain's, except on CPU: DDP without ``SyncBatchNorm`` (GPU-only)."""
+        if not self.distributed_launch or torch.device(self.device).type != "cpu":
+            return super()._wrap_distributed()
+        for name, module in self.modules.items():
+            if any(p.requires_grad for p in module.parameters()):
+                self.modules[name] = DistributedDataParallel(
+                    module, device_ids=None, find_unused_parameters=self.find_unused_parameters
+                )
+
+    def update_average(self, loss, avg_loss):
+        """As SpeechBrain's; remembers how many batches the stage's average covers."""
+        self._loss_steps = self.step
+        return super().update_average(loss, avg_loss)
+
+    def stage_loss_over_processes(self, stage_loss) -> float:
+        """The stage's mean batch loss over every process's batches (a collective under DDP;
+        a process without batches counts for none). Without DDP: ``float(stage_loss)``."""
+        steps, self._loss_steps = self._loss_steps, 0
+        if not is_distributed():
+            return float(stage_loss)
+        total, count = all_reduce_sum(
+            torch.tensor([float(stage_loss) * steps, float(steps)], dtype=torch.float64)
+        ).tolist()
+        return total / count if count else math.nan
