@@ -18,5 +18,6 @@ setup(
         "tqdm",
         "matplotlib",
         "scipy",
+        "captum",
     ],
 )

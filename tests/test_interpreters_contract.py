@@ -41,6 +41,13 @@ INTERPRETERS = {
         {"base_channels": 2, "emb_dim": 64, "K": 8, "theta_frames": 87},
         True,
     ),
+    # the gradient baselines share one YAML (--int_method); Grad-CAM stands for them here, the
+    # others run eval.py once in tests/test_gradient.py (each entry costs ~40 s)
+    "gradcam": (
+        "gradient_cnn14.yaml",
+        {"base_channels": 2, "emb_dim": 64, "int_method": "gradcam"},
+        False,
+    ),
 }
 
 #: Keys every interpreter's test_metrics.json holds (faithfulness, localisation, baselines).

@@ -20,11 +20,20 @@ INTERPRETERS = {
     "lmac": ("audio_interpretability.brains.lmac:LMAC", "lmac_cnn14.yaml"),
     "l2i": ("audio_interpretability.brains.l2i:L2I", "l2i_cnn14.yaml"),
     "piq": ("audio_interpretability.brains.piq:PIQ", "piq.yaml"),
+    # the gradient baselines (captum), one YAML: --int_method switches between them
+    "saliency": ("audio_interpretability.brains.gradient:Saliency", "gradient_cnn14.yaml"),
+    "smoothgrad": ("audio_interpretability.brains.gradient:SmoothGrad", "gradient_cnn14.yaml"),
+    "integrated_gradients": (
+        "audio_interpretability.brains.gradient:IntegratedGradients",
+        "gradient_cnn14.yaml",
+    ),
+    "gradcam": ("audio_interpretability.brains.gradient:GradCAM", "gradient_cnn14.yaml"),
 }
 
 
 def interpreter_class(int_method: str) -> type:
-    """The Brain class of ``int_method`` (``amt``, ``lmac``, ``l2i``, ``piq``).
+    """The Brain class of ``int_method`` (``amt``, ``lmac``, ``l2i``, ``piq``, ``saliency``,
+    ``smoothgrad``, ``integrated_gradients``, ``gradcam``).
 
     Example
     -------
