@@ -24,8 +24,10 @@ Authors
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 
 import speechbrain as sb
 import torch
@@ -39,6 +41,7 @@ __all__ = [
     "DistributedBrainMixin",
     "ShardSampler",
     "all_reduce_sum",
+    "choose_distributed_backend",
     "is_distributed",
     "process_rank",
     "world_size",
@@ -79,6 +82,46 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     packed = values.detach().to(device, torch.float64).clone()
     dist.all_reduce(packed)
     return packed.to(values.device, values.dtype)
+
+
+def choose_distributed_backend(run_opts):
+    """The run options with ``distributed_backend`` fit for the device, under ``torchrun``.
+
+    SpeechBrain's default backend, NCCL, only runs on GPUs: when the processes run on the CPU
+    (``--device cpu``, or no ``--device`` on a machine without accelerator) and no
+    ``--distributed_backend`` was given, gloo is used. ``--distributed_backend nccl`` given
+    with a CPU device is refused with the fix. Outside ``torchrun`` the options are returned
+    unchanged.
+
+    Arguments
+    ---------
+    run_opts : speechbrain.utils.run_opts.RunOptions or dict
+        From ``sb.parse_arguments``.
+
+    Returns
+    -------
+    The run options (a copy when the backend changed).
+
+    Example
+    -------
+    >>> opts = {"device": "cpu", "distributed_backend": "nccl"}
+    >>> choose_distributed_backend(opts) is opts  # not under torchrun: unchanged
+    True
+    """
+    if os.environ.get("RANK") is None or os.environ.get("LOCAL_RANK") is None:
+        return run_opts
+    device = run_opts.get("device") or sb.utils.distributed.infer_device()
+    if torch.device(device).type != "cpu" or run_opts.get("distributed_backend") != "nccl":
+        return run_opts
+    if "distributed_backend" in (run_opts.get("overridden_args") or ()):
+        raise ValueError(
+            f"--distributed_backend nccl needs GPUs but the device is {device}; pass "
+            "--distributed_backend gloo (or leave it out: gloo is chosen on the CPU)"
+        )
+    logger.info("Device %s under torchrun: using the gloo backend (NCCL needs GPUs)", device)
+    if isinstance(run_opts, dict):
+        return {**run_opts, "distributed_backend": "gloo"}
+    return dataclasses.replace(run_opts, distributed_backend="gloo")
 
 
 class ShardSampler(Sampler):

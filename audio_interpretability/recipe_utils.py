@@ -24,6 +24,7 @@ from speechbrain.utils.train_logger import TrainLogger
 
 from audio_interpretability.data.esc50 import dataio_prep, prepare_esc50
 from audio_interpretability.data.wham import WHAM_SPLITS, check_wham_args, resolve_wham_folder
+from audio_interpretability.distributed import choose_distributed_backend
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def load_recipe(argv=None, create_experiment: bool = True) -> tuple[dict, dict]:
         raise ValueError(
             f"--device {device} was given but torch sees no GPU on this machine; pass --device cpu"
         )
+    run_opts = choose_distributed_backend(run_opts)  # torchrun on the CPU: gloo
     sb.utils.distributed.ddp_init_group(run_opts)
     unwritable = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST)
     fix = "pass an --output_folder you can write to (checkpoints, logs and results go there)"

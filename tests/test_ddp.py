@@ -1,8 +1,9 @@
 """The recipes under ``torchrun`` (2 CPU processes, gloo): classifier, L-MAC, evaluation.
 
-Each recipe runs as ``python -m torch.distributed.run --nproc_per_node 2 ... --distributed_backend
-gloo`` on a tiny synthetic set with an odd number of clips per fold (5 classes x 1 clip: the
-validation and test folds hold 5 clips, which 2 processes cannot split evenly). Checked:
+Each recipe runs as ``python -m torch.distributed.run --nproc_per_node 2 ...
+--distributed_backend gloo`` (the classifier without ``--distributed_backend``: gloo is chosen
+on the CPU) on a tiny synthetic set with an odd number of clips per fold (5 classes x 1 clip:
+the validation and test folds hold 5 clips, which 2 processes cannot split evenly). Checked:
 
 * **evaluation** (``eval.py``): ``test_metrics.json`` under torchrun equals the single-process
   run on the same clips and checkpoints: every clip is scored exactly once (``n_samples`` 5;
@@ -32,11 +33,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import speechbrain as sb
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from audio_interpretability.distributed import ShardSampler, all_reduce_sum
+from audio_interpretability.distributed import (
+    ShardSampler,
+    all_reduce_sum,
+    choose_distributed_backend,
+)
 from audio_interpretability.metrics import MaskDependence
 
 pytestmark = pytest.mark.skipif(
@@ -57,14 +63,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(script: Path, argv: list[str], processes: int = 1) -> str:
-    """Run a recipe (``processes`` > 1: under torchrun, gloo); return its log."""
+def run(script: Path, argv: list[str], processes: int = 1, backend: str | None = "gloo") -> str:
+    """Run a recipe (``processes`` > 1: under torchrun, with ``--distributed_backend
+    backend`` unless None); return its log."""
     if processes > 1:
         launch = [
             "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
             "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
         ]  # fmt: skip
-        argv = [*argv, "--distributed_backend", "gloo"]
+        if backend:
+            argv = [*argv, "--distributed_backend", backend]
     else:
         launch = []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -139,7 +147,8 @@ def classifier(data, tmp_path_factory) -> Path:
         "--number_of_epochs", "1", "--batch_size", "4", *TINY,
         "--add_wham_noise", "True", "--wham_folder", str(wham),
     ]  # fmt: skip
-    run(RECIPES / "classification" / "train.py", argv, processes=2)
+    # no --distributed_backend: gloo is chosen for the CPU (SpeechBrain's default is NCCL)
+    run(RECIPES / "classification" / "train.py", argv, processes=2, backend=None)
     return out
 
 
@@ -261,6 +270,19 @@ def test_shard_sampler_covers_every_index_once():
             assert max(map(len, shards)) - min(map(len, shards)) <= 1
     with pytest.raises(ValueError, match="rank 2"):
         ShardSampler(range(3), rank=2, num_replicas=2)
+
+
+def test_gloo_is_chosen_on_the_cpu(monkeypatch):
+    opts = sb.parse_arguments(["h.yaml", "--device", "cpu"])[1]
+    assert choose_distributed_backend(opts) is opts  # not under torchrun
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert choose_distributed_backend(opts)["distributed_backend"] == "gloo"
+    given = sb.parse_arguments(["h.yaml", "--device", "cpu", "--distributed_backend", "nccl"])[1]
+    with pytest.raises(ValueError, match="--distributed_backend gloo"):
+        choose_distributed_backend(given)
+    mpi = sb.parse_arguments(["h.yaml", "--device", "cpu", "--distributed_backend", "mpi"])[1]
+    assert choose_distributed_backend(mpi) is mpi
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
