@@ -9,6 +9,7 @@ logits to every clip, and its gradients are ~1e-5).
 import json
 import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,18 +184,22 @@ def test_gradcam_layers(tmp_path, wavs):
     """FocalNet: its last-stage modulator works; ViT: a ValueError that names what to use."""
     from audio_interpretability.models import CosineHead, FocalNet, ViT
 
-    focal = FocalNet(img_size=32, embed_dim=8, depths=(1, 1, 1, 1))
+    focal = FocalNet(img_size=64, embed_dim=8, depths=(1, 1, 1, 1))
     model = AudioClassifier(focal, CosineHead(focal.embedding_dim, 5)).eval()
     brain = make_brain(
         GradCAM, tmp_path, model, gradcam_layer="embedding_model.stages.-1.blocks.-1.modulation.h"
     )
     mask = brain.interpret_computation_steps(wavs)[1]
     assert mask.shape == (3, 87, 513) and bool(torch.isfinite(mask).all())
+    assert mask.unique().numel() > 2  # the (2, 2) map upsampled, not one constant
 
     vit = ViT(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2)
     model = AudioClassifier(vit, CosineHead(16, 5)).eval()
     brain = make_brain(GradCAM, tmp_path, model, gradcam_layer="embedding_model.blocks.-1")
     with pytest.raises(ValueError, match="integrated_gradients, or AMT"):
+        brain.interpret_computation_steps(wavs)
+    brain = make_brain(GradCAM, tmp_path, model, gradcam_layer=None)  # gradient_vit.yaml's
+    with pytest.raises(ValueError, match="gradcam_layer is null.*integrated_gradients"):
         brain.interpret_computation_steps(wavs)
     with pytest.raises(ValueError, match="has no 'conv_block9'"):
         resolve_module(model, "embedding_model.conv_block9")
@@ -222,3 +227,38 @@ def test_eval_py(name, tmp_path, tiny_esc50, tiny_wham, monkeypatch):
     assert metrics == results["mixtures"] and contract.COMMON_KEYS <= set(metrics)
     assert all(math.isfinite(v) for v in metrics.values()) and metrics["n_samples"] == 20
     assert 0 < metrics["mask_fraction"] <= 1
+
+
+@pytest.mark.parametrize(
+    "yaml, sizes, int_method",
+    [
+        (
+            "gradient_focalnet.yaml",
+            {"img_size": 64, "embed_dim": 8, "depths": [1, 1, 1, 1]},
+            "gradcam",
+        ),
+        (
+            "gradient_vit.yaml",
+            {"img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2},
+            "integrated_gradients",
+        ),
+    ],
+)
+def test_focalnet_and_vit_yamls(yaml, sizes, int_method, tmp_path, wavs):
+    """The FocalNet and ViT YAMLs build their interpreters; the ViT's refuses Grad-CAM."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    overrides = {"data_folder": str(tmp_path), "output_folder": str(tmp_path), "ig_n_steps": 4}
+    overrides.update(sizes, int_method=int_method, embedding_model_path=None)
+    overrides.update(classifier_model_path=None, out_n_neurons=5)
+    with open(Path(__file__).resolve().parents[1] / "hparams" / yaml, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f, overrides)
+    brain = interpreter_class(int_method)(hparams=hparams, run_opts={"device": "cpu"})
+    mask = brain.interpret_computation_steps(wavs)[1]
+    assert mask.shape == (3, 87, 513) and bool(torch.isfinite(mask).all())
+    peak = mask.amax(dim=(1, 2))  # Grad-CAM: 0 where a clip has no positive evidence
+    assert bool(((peak - 1).abs() < 1e-6).all() if int_method != "gradcam" else (peak <= 1).all())
+    if "vit" in yaml:
+        gradcam = GradCAM(hparams=hparams, run_opts={"device": "cpu"})
+        with pytest.raises(ValueError, match="gradcam_layer is null"):
+            gradcam.interpret_computation_steps(wavs)

@@ -319,13 +319,21 @@ class GradCAM(GradientInterpreter):
     is a (B, C, h, w) map with time first and frequency second: CNN14's last convolutional
     block ``embedding_model.conv_block6``; FocalNet's last-stage modulator
     ``embedding_model.stages.-1.blocks.-1.modulation.h``. ViT has none (its blocks output
-    (B, 1 + N, D) tokens): a ValueError says so (use saliency, SmoothGrad, IG, or AMT).
+    (B, 1 + N, D) tokens; hparams/gradient_vit.yaml sets ``gradcam_layer: null``): a
+    ValueError says so and names what to use instead (saliency, SmoothGrad, IG, or AMT).
     """
 
     mask_rule = "relu"
 
     def _layer(self) -> torch.nn.Module:
         path = self.hparams.gradcam_layer
+        if path is None:
+            raise ValueError(
+                "gradcam_layer is null: this classifier has no layer for Grad-CAM (a ViT's "
+                "blocks output tokens, not a (B, C, time, frequency) map). Use --int_method "
+                "saliency, smoothgrad or integrated_gradients, or AMT (hparams/amt_vit.yaml); "
+                "or give --gradcam_layer the dotted path of a convolutional layer."
+            )
         if getattr(self, "_layer_path", None) != path:
             self._layer_module = resolve_module(self.hparams.model, str(path))
             self._layer_path = path
