@@ -213,6 +213,68 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def other_interpreter_args(name, data, out, clf, wham, nmf_path) -> tuple[str, str, list[str]]:
+    """PIQ (on CNN14) or L2I at tiny size, with WHAM! noise: the other trainable interpreters
+    on the shared life cycle (``TrainableInterpreterBrain``)."""
+    options = {
+        "data_folder": data,
+        "output_folder": out,
+        "embedding_model_path": clf["embedding_model"],
+        "classifier_model_path": clf["classifier"],
+        "base_channels": 2,
+        "emb_dim": 64,
+        "out_n_neurons": N_CLASSES,
+        "train_fold_nums": "[1, 2]",
+        "batch_size": 4,
+        "number_of_epochs": 2,
+        "num_threads": 1,
+        "save_interpretations": False,
+        "device": "cpu",
+        "add_wham_noise": True,
+        "wham_folder": wham,
+    }
+    if name == "piq":
+        options.update(K=16)
+        yaml_name, brain, script = "piq_cnn14.yaml", "piq:PIQ", "train_piq.py"
+    else:
+        options.update(K=8, theta_frames=87, nmf_decoder_path=nmf_path)
+        yaml_name, brain, script = "l2i_cnn14.yaml", "l2i:L2I", "train_l2i.py"
+    argv = [str(ROOT / "hparams" / yaml_name), "--noprogressbar"]
+    argv += [x for k, v in options.items() for x in (f"--{k}", str(v))]
+    recipe = str(ROOT / "recipes" / "ESC50" / "interpret" / script)
+    return recipe, f"audio_interpretability.brains.{brain}", argv
+
+
+@pytest.mark.parametrize("name", ["piq", "l2i"])
+def test_other_interpreters_killed_mid_epoch_resume_exactly(
+    name, tmp_path, tiny_esc50, tiny_wham, classifier_ckpt, launcher
+):
+    """Every trainable interpreter, not only L-MAC: killed in epoch 2 and rerun, PIQ and L2I
+    end with the same parameters, checkpoint files and metrics as an uninterrupted run."""
+    from audio_interpretability.nmf import NMFDecoderAudio
+
+    torch.manual_seed(0)
+    nmf_path = tmp_path / "nmf_decoder.ckpt"
+    torch.save(NMFDecoderAudio(n_comp=8, n_freq=513).state_dict(), nmf_path)
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    args = (name, tiny_esc50)
+    run(launcher, other_interpreter_args(*args, reference, classifier_ckpt, tiny_wham, nmf_path))
+    spec = other_interpreter_args(*args, resumed, classifier_ckpt, tiny_wham, nmf_path)
+    run(launcher, spec, expect_kill=True, KILL_EPOCH="2", KILL_BATCH="2")
+    assert not (resumed / "test_metrics.json").exists()
+    run(launcher, spec)
+    assert_same_state(reference / "save" / "psi_model.ckpt", resumed / "save" / "psi_model.ckpt")
+    a, b = newest_checkpoint(reference / "save"), newest_checkpoint(resumed / "save")
+    files = sorted(p.name for p in a.glob("*.ckpt"))
+    assert files == sorted(p.name for p in b.glob("*.ckpt")) and "rng.ckpt" in files
+    for file in files:
+        if file.startswith(("dataloader", "counter", "brain")):  # text files
+            assert (a / file).read_text() == (b / file).read_text(), file
+        else:
+            assert_same_state(a / file, b / file)
+    assert read_json(reference / "test_metrics.json") == read_json(resumed / "test_metrics.json")
+
+
 # --------------------------------------------------------------------------------------------
 # L-MAC with WHAM! noise
 # --------------------------------------------------------------------------------------------
