@@ -21,8 +21,8 @@ InterpreterBrain`) can be put through, on a handful of clips:
   random (seeded) order are the chance reference.
 
 Everything is seeded with private generators (the global random stream is left alone) and no
-brain or classifier is modified: the randomised classifiers are deep copies, swapped in for
-the duration of one mask computation (:func:`using_classifier`).
+brain or classifier is modified: the randomised classifier is a deep copy, in a twin of the
+brain that shares everything else (:func:`with_copied_classifier`).
 
 Example
 -------
@@ -40,7 +40,6 @@ Authors
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterator
@@ -60,12 +59,13 @@ __all__ = [
     "deletion_insertion",
     "deletion_insertion_curves",
     "layer_groups",
+    "randomize_cascade",
     "randomize_group",
     "randomized_classifiers",
     "relevance_order",
     "spearman_correlation",
     "ssim",
-    "using_classifier",
+    "with_copied_classifier",
 ]
 
 
@@ -294,19 +294,57 @@ def randomize_group(module: torch.nn.Module, generator: torch.Generator, own_onl
                 torch.nn.init.normal_(p, std=0.02)
 
 
+def randomize_cascade(
+    model: torch.nn.Module, seed: int = 0, groups: list[str] | None = None
+) -> Iterator[str]:
+    """Re-initialise ``model``'s layer groups one after the other, IN PLACE; yield each name.
+
+    At the k-th step the first k groups (of :func:`layer_groups`, head first) have been
+    re-initialised (:func:`randomize_group`, draws seeded by ``seed``). Pass a copy:
+    :func:`randomized_classifiers` and :func:`cascading_randomization` do.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The classifier (an ``AudioClassifier``) to randomise in place.
+    seed : int
+        Seed of the re-initialisation.
+    groups : list of str, optional
+        Only these group names, in the order of :func:`layer_groups` (default: all).
+
+    Yields
+    ------
+    str
+        The group just re-initialised.
+    """
+    available = layer_groups(model)
+    if groups is not None:
+        unknown = set(groups) - {g.name for g in available}
+        if unknown:
+            raise ValueError(
+                f"unknown layer groups {sorted(unknown)}; pick from {[g.name for g in available]}"
+            )
+        available = [g for g in available if g.name in groups]
+    generator = torch.Generator().manual_seed(seed)
+    for group in available:
+        own_only = group.module is model.embedding_model
+        randomize_group(group.module, generator, own_only=own_only)
+        yield group.name
+
+
 def randomized_classifiers(
     model: torch.nn.Module, seed: int = 0, groups: list[str] | None = None
 ) -> Iterator[tuple[str, torch.nn.Module]]:
     """Yield ``(group name, classifier)`` with the groups re-initialised cumulatively.
 
-    One deep copy of ``model`` is made; at stage k its first k groups (of :func:`layer_groups`,
-    head first) are re-initialised (:func:`randomize_group`). ``model`` itself is never
-    modified; the yielded copy is the same object at every stage (randomised one group more).
+    One deep copy of ``model`` is made and randomised by :func:`randomize_cascade`; ``model``
+    itself is never modified; the yielded copy is the same object at every stage (randomised
+    one group more).
 
     Arguments
     ---------
     model : torch.nn.Module
-        The classifier (an ``AudioClassifier``), in eval mode.
+        The classifier (an ``AudioClassifier``).
     seed : int
         Seed of the re-initialisation.
     groups : list of str, optional
@@ -320,35 +358,40 @@ def randomized_classifiers(
         The copy with that group and every group above it re-initialised (eval mode).
     """
     copied = copy.deepcopy(model).eval()
-    available = layer_groups(copied)
-    if groups is not None:
-        unknown = set(groups) - {g.name for g in available}
-        if unknown:
-            raise ValueError(
-                f"unknown layer groups {sorted(unknown)}; pick from {[g.name for g in available]}"
-            )
-        available = [g for g in available if g.name in groups]
-    generator = torch.Generator().manual_seed(seed)
-    for group in available:
-        own_only = group.module is copied.embedding_model
-        randomize_group(group.module, generator, own_only=own_only)
-        yield group.name, copied
+    for name in randomize_cascade(copied, seed=seed, groups=groups):
+        yield name, copied
 
 
-@contextlib.contextmanager
-def using_classifier(brain, model: torch.nn.Module):
-    """Make ``brain`` interpret with another classifier inside the block (restored after).
+def with_copied_classifier(brain):
+    """A twin of ``brain`` that interprets with a deep copy of its classifier.
 
     Every interpreter reaches its classifier through ``brain.hparams.model``
-    (``classifier_forward``, AMT's saliency, PIQ's hidden map); this swaps that attribute
-    only. The swapped-in model should be in eval mode and frozen, as the brain's own.
+    (``classifier_forward``, AMT's saliency, PIQ's hidden map, Grad-CAM's layer). The twin
+    shares everything with ``brain`` (front-end, decoder, noise, settings) except the hparams
+    namespace and the classifier: a deep copy, into which any reference the brain holds to a
+    part of the classifier (a cached layer, a hook target) is redirected, as ``copy.deepcopy``
+    keeps the object graph. Randomising the twin's ``hparams.model`` leaves ``brain`` intact.
+
+    Arguments
+    ---------
+    brain : InterpreterBrain
+        Any interpreter.
+
+    Returns
+    -------
+    InterpreterBrain
+        The twin (same class).
     """
-    saved = brain.hparams.model
-    brain.hparams.model = model.requires_grad_(False).eval()
-    try:
-        yield brain
-    finally:
-        brain.hparams.model = saved
+    model = brain.hparams.model
+    inside = {id(m) for m in model.modules()}
+    inside |= {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
+    memo = {}  # objects deepcopy must share, not copy: everything outside the classifier
+    for value in [*vars(brain).values(), *vars(brain.hparams).values()]:
+        if id(value) not in inside and value is not brain.hparams:
+            memo[id(value)] = value
+    twin = copy.deepcopy(brain, memo)
+    twin.hparams.model.eval().requires_grad_(False)
+    return twin
 
 
 class RandomizationStage(NamedTuple):
@@ -382,10 +425,11 @@ def cascading_randomization(
     """Cascading randomisation of ``brain``'s classifier, head first (Adebayo et al. 2018).
 
     The masks of ``wavs`` are computed with the original classifier, then again after each
-    cumulative re-initialisation (:func:`randomized_classifiers`), and compared with the
-    original masks. The first stage, ``"original"``, recomputes the masks with the untouched
-    classifier (1 for a deterministic interpreter; below 1 for a stochastic one, its noise
-    floor). The brain and its classifier are left as they were.
+    cumulative re-initialisation (:func:`randomize_cascade`) of the classifier of a twin of the
+    brain (:func:`with_copied_classifier`), and compared with the original masks. The first
+    stage, ``"original"``, recomputes the masks with the untouched classifier (1 for a
+    deterministic interpreter; below 1 for a stochastic one, its noise floor). The brain and
+    its classifier are left as they were.
 
     Arguments
     ---------
@@ -407,18 +451,18 @@ def cascading_randomization(
     wavs = wavs.to(brain.device)
     reference = _masks(brain, wavs)
 
-    def stage(name: str) -> RandomizationStage:
-        masks = _masks(brain, wavs)
+    def stage(interpreter, name: str) -> RandomizationStage:
+        masks = _masks(interpreter, wavs)
         return RandomizationStage(
             name,
             float(spearman_correlation(reference, masks).mean()),
             float(ssim(reference, masks).mean()),
         )
 
-    stages = [stage("original")]
-    for name, model in randomized_classifiers(brain.hparams.model, seed=seed, groups=groups):
-        with using_classifier(brain, model):
-            stages.append(stage(name))
+    stages = [stage(brain, "original")]
+    twin = with_copied_classifier(brain)
+    for name in randomize_cascade(twin.hparams.model, seed=seed, groups=groups):
+        stages.append(stage(twin, name))
     return stages
 
 

@@ -228,6 +228,28 @@ def test_cascading_randomization(tiny_brains, clips):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 
+def test_cascading_randomization_gradcam_caches_its_layer(tmp_path, clips):
+    """Grad-CAM caches its layer of the classifier (and hooks it): the randomised twin must
+    hook its own copy of that layer, and the brain keep its own."""
+    from audio_interpretability.brains.gradient import GradCAM
+
+    overrides = {
+        "data_folder": str(tmp_path), "output_folder": str(tmp_path / "out"), "out_n_neurons": 5,
+        "base_channels": 2, "emb_dim": 64, "num_threads": 0, "int_method": "gradcam",
+        "gradcam_layer": "embedding_model.conv_block4",
+        "embedding_model_path": None, "classifier_model_path": None,
+    }  # fmt: skip
+    torch.manual_seed(0)
+    with open(ROOT / "hparams" / "gradient_cnn14.yaml", encoding="utf-8") as f:
+        hp = load_hyperpyyaml(f, overrides)
+    brain = GradCAM(modules=hp["modules"], hparams=hp, run_opts={"device": "cpu"})
+    before = brain.interpret(clips)[2].mask  # caches the layer of the brain's classifier
+    stages = sanity.cascading_randomization(brain, clips, seed=0)
+    assert stages[0].spearman == pytest.approx(1.0)
+    assert stages[-1].spearman < 0.9
+    assert torch.equal(brain.interpret(clips)[2].mask, before)
+
+
 def test_cascading_randomization_untrained_lmac(tiny_brains, clips):
     """An untrained L-MAC decoder barely reads the maps (its mask is mostly its biases'
     pattern): the check shows it, its masks survive the randomisation of the whole classifier
