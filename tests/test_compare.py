@@ -1,6 +1,6 @@
 """compare.py (every interpreter on one classifier, one table): on tiny synthetic data, with a
-random tiny CNN14 (base_channels 2, emb_dim 64), L-MAC trained one epoch by train_lmac.py and
-PIQ loaded from a given checkpoint, it writes comparison.json / .md / masks.png with a row per
+random tiny CNN14 (base_channels 2, emb_dim 64), L-MAC trained one epoch by train_lmac.py,
+PIQ loaded from a given checkpoint and Saliency, it writes comparison.json / .md / masks.png with a row per
 method plus the random mask; bad input fails before any work."""
 
 import importlib.util
@@ -79,6 +79,12 @@ def test_compare_tiny(tmp_path, tiny_esc50, checkpoints):
                 "overrides": {"K": 16, "save_interpretations": False},
                 "pretrained_interpreter": checkpoints["piq"],
             },
+            {
+                "name": "Saliency",
+                "yaml": "gradient_cnn14.yaml",
+                "int_method": "saliency",
+                "overrides": {"save_interpretations": False},
+            },
         ]
     )
     out = tmp_path / "out"
@@ -87,7 +93,7 @@ def test_compare_tiny(tmp_path, tiny_esc50, checkpoints):
     # L-MAC was trained by its recipe, then both evaluated by eval.py
     assert (out / "L-MAC" / "train" / "save" / "psi_model.ckpt").is_file()
     assert not (out / "PIQ" / "train").exists()
-    for name in ("L-MAC", "PIQ"):
+    for name in ("L-MAC", "PIQ", "Saliency"):
         assert (out / name / "eval" / "clean" / "test_metrics.json").is_file()
         assert (out / name / "eval" / "mixtures" / "test_metrics.json").is_file()
 
@@ -95,13 +101,13 @@ def test_compare_tiny(tmp_path, tiny_esc50, checkpoints):
     assert saved["rows"] == report["rows"]
     assert list(saved["rows"]) == ["clean", "mixtures"]
     clean = saved["rows"]["clean"]
-    assert list(clean) == ["L-MAC", "PIQ", "random mask"]
+    assert list(clean) == ["L-MAC", "PIQ", "Saliency", "random mask"]
     for name, row in clean.items():
         keys = ["fid_in", "FF", "AI", "AD", "SPS", "loc_iou", "deletion_auc", "insertion_auc"]
         if name != "random mask":
             keys.append("randomization_spearman")
         assert all(math.isfinite(row[k]) for k in keys), (name, row)
-    for name in ("L-MAC", "PIQ"):
+    for name in ("L-MAC", "PIQ", "Saliency"):
         sanity = saved["methods"][name]["sanity"]
         assert 0.0 <= sanity["deletion_auc"] <= 1.0 and 0.0 <= sanity["insertion_auc"] <= 1.0
         assert sanity["randomization_stages"][0]["group"] == "original"
