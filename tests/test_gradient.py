@@ -262,3 +262,12 @@ def test_focalnet_and_vit_yamls(yaml, sizes, int_method, tmp_path, wavs):
         gradcam = GradCAM(hparams=hparams, run_opts={"device": "cpu"})
         with pytest.raises(ValueError, match="gradcam_layer is null"):
             gradcam.interpret_computation_steps(wavs)
+
+
+def test_gradcam_follows_a_replaced_classifier(tmp_path, wavs, model):
+    """The cached Grad-CAM layer belongs to the brain's current classifier."""
+    brain = make_brain(GradCAM, tmp_path, model)
+    brain.interpret(wavs)
+    other = tiny_cnn14()
+    brain.hparams.model = other
+    assert brain._layer() is other.embedding_model.conv_block6

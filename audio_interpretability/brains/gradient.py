@@ -334,10 +334,11 @@ class GradCAM(GradientInterpreter):
                 "saliency, smoothgrad or integrated_gradients, or AMT (hparams/amt_vit.yaml); "
                 "or give --gradcam_layer the dotted path of a convolutional layer."
             )
-        if getattr(self, "_layer_path", None) != path:
-            self._layer_module = resolve_module(self.hparams.model, str(path))
-            self._layer_path = path
-        return self._layer_module
+        model = self.hparams.model
+        cached = getattr(self, "_layer_cache", None)  # (model, path, layer)
+        if cached is None or cached[0] is not model or cached[1] != path:
+            cached = self._layer_cache = (model, path, resolve_module(model, str(path)))
+        return cached[2]
 
     def layer_attributions(self, X: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Grad-CAM map (B, h, w) at the layer's resolution, before ReLU."""
