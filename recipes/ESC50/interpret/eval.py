@@ -58,6 +58,8 @@ import json
 import logging
 import os
 
+import speechbrain as sb
+
 from audio_interpretability.brains import INTERPRETERS, interpreter_class
 from audio_interpretability.brains.evaluation import evaluate_setting, interpret_single_sample
 from audio_interpretability.brains.trainable import TrainableInterpreterBrain
@@ -231,10 +233,11 @@ def main(argv=None) -> dict:
             hparams["test_dataloader_options"],
             noise=noise if noisy else None,
         )
-    path = os.path.join(hparams["output_folder"], "eval_metrics.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    if sb.utils.distributed.if_main_process():  # under torchrun: every process holds them
+        path = os.path.join(hparams["output_folder"], "eval_metrics.json")
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+        os.replace(path + ".tmp", path)
     return results
 
 
