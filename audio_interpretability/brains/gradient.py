@@ -240,9 +240,11 @@ class SmoothGrad(GradientInterpreter):
         chunk = self.hparams.internal_batch_size
         chunk = None if chunk is None else max(1, int(chunk) // X.shape[0])  # copies per pass
         seed = int(torch.randint(2**62, (1,), generator=self._noise_generator()))
-        devices = [X.device.index or 0] if X.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        cuda = [X.device.index or 0] if X.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # restores the CPU and X's GPU generators
+            torch.random.default_generator.manual_seed(seed)
+            for index in cuda:  # only X's GPU: torch.manual_seed would reseed every GPU
+                torch.cuda.default_generators[index].manual_seed(seed)
             return NoiseTunnel(CaptumSaliency(self.forward_logits)).attribute(
                 self._input(X),
                 nt_type="smoothgrad",
