@@ -22,9 +22,9 @@ For each method of ``methods`` (compare.yaml), with the classifier's checkpoints
 2. ``eval.py`` (its ``main(argv)``) evaluates it into ``O/<name>/eval/<setting>/`` (the test
    fold clean, with WHAM! when ``wham_folder`` is given, and each ``overlap_type``), with the
    random-mask baseline (``random_*`` keys);
-3. the sanity checks of :mod:`audio_interpretability.sanity` on the first ``n_sanity_clips``
-   test clips: deletion / insertion AUC (and a random order's) and the cascading randomisation
-   of the classifier (Spearman / SSIM of the masks per stage).
+3. the sanity checks of :mod:`audio_interpretability.sanity` on ``n_sanity_clips`` test
+   clips spread over the test fold: deletion / insertion AUC (and a random order's) and the
+   cascading randomisation of the classifier (Spearman / SSIM of the masks per stage).
 
 Outputs: ``O/comparison.json`` (everything), ``O/comparison.md`` (one table per setting: a row
 per method and the random mask, columns in docs/COMPARE.md) and ``O/masks.png`` (each method's
@@ -109,7 +109,11 @@ class Method(NamedTuple):
     @property
     def folder_name(self) -> str:
         """The method's folder under the output folder (its name, file-system safe)."""
-        return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
+        return _folder_name(self.name)
+
+
+def _folder_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 METHOD_KEYS = {"name", "yaml", "int_method", "overrides", "pretrained_interpreter", "nmf_overrides"}
@@ -145,9 +149,13 @@ def check_methods(entries: list) -> list[Method]:
                 f"{sorted(METHOD_KEYS)}"
             )
         name = str(entry["name"])
-        if name in names or name == RANDOM_ROW:
-            raise ValueError(f"method name {name!r} is used twice (or reserved); rename it")
-        names.add(name)
+        folder = _folder_name(name)
+        if folder in names or name == RANDOM_ROW:
+            raise ValueError(
+                f"method name {name!r} is used twice (its folder {folder!r}, or the reserved "
+                f"{RANDOM_ROW!r}); rename it"
+            )
+        names.add(folder)
         if entry["int_method"] not in INTERPRETERS:
             raise ValueError(
                 f"method {name!r}: unknown int_method {entry['int_method']!r}; use one of "
@@ -332,11 +340,14 @@ def evaluate_method(
 # Sanity checks, table, figure
 # --------------------------------------------------------------------------------------------
 def sanity_clips(test_set, n_clips: int) -> tuple[list[str], torch.Tensor]:
-    """The first ``n_clips`` clips of ``test_set``: ids and (B, T) waveforms (cropped to the
-    shortest)."""
+    """``n_clips`` clips spread evenly over ``test_set`` (the first, the last, and evenly
+    between: several classes, not the first class's clips): ids and (B, T) waveforms (cropped
+    to the shortest)."""
     if n_clips < 1:
         raise ValueError(f"n_sanity_clips must be at least 1, got {n_clips}")
-    items = [test_set[i] for i in range(min(n_clips, len(test_set)))]
+    n = min(n_clips, len(test_set))
+    indices = sorted({round(k * (len(test_set) - 1) / max(n - 1, 1)) for k in range(n)})
+    items = [test_set[i] for i in indices]
     length = min(item["sig"].shape[0] for item in items)
     return [item["id"] for item in items], torch.stack([item["sig"][:length] for item in items])
 
@@ -406,7 +417,8 @@ def comparison_table(report: dict) -> str:
         if index == 0:
             lines += [
                 f"Deletion / insertion AUC and the Spearman correlation after randomising the "
-                f"whole classifier: on the first {report['n_sanity_clips']} clean test clips. "
+                f"whole classifier: on {report['n_sanity_clips']} clean test clips spread over "
+                "the test fold (the same for every method). "
                 f"The random mask is {first_name}'s mask with its values shuffled; its AUCs "
                 "are those of a random order of the bins.",
                 "",
