@@ -156,6 +156,21 @@ def time_parts(brain: InterpreterESC50Brain, batch, args) -> dict[str, float]:
     return {k: sorted(v)[len(v) // 2] for k, v in parts.items()}
 
 
+def flop_figures(brain: InterpreterESC50Brain, batch, seconds: float, args) -> dict:
+    """Model FLOPs of one evaluation step (``torch.utils.flop_counter``), per clip, the rate
+    reached and, with ``--peak_tflops``, its fraction of the device's peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    brain.on_stage_start(sb.Stage.TEST)
+    with FlopCounterMode(display=False) as counter:
+        brain.evaluate_batch(batch, sb.Stage.TEST)
+    flops = counter.get_total_flops()
+    figures = {"flops_per_clip": flops / args.batch_size, "tflops_per_s": flops / seconds / 1e12}
+    if args.peak_tflops:
+        figures["fraction_of_peak"] = figures["tflops_per_s"] / args.peak_tflops
+    return figures
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output", help="JSON file to write the results to")
@@ -171,6 +186,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument(
         "--random_baseline", action="store_true", help="also score the random mask (2 passes)"
+    )
+    parser.add_argument("--flops", type=int, default=1, help="1: count FLOPs of one step")
+    parser.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=0.0,
+        help="the device's peak TFLOP/s at this precision (989 for an H100 / H200 in dense "
+        "bf16) to report the fraction reached; 0: not reported",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -206,22 +229,30 @@ def main(argv=None) -> dict:
                 "published_s": PUBLISHED_S_PER_BATCH[model],
                 "parts_s_median": time_parts(brain, batch, args),
             }
+            entry["clips_per_s"] = args.batch_size / entry["step_s_median"]
             if args.device.startswith("cuda"):
                 entry["peak_mem_GiB"] = torch.cuda.max_memory_allocated() / 2**30
+            if args.flops:
+                entry.update(flop_figures(brain, batch, entry["step_s_median"], args))
             results["models"][model] = entry
             del brain
     results["host"]["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     header = (
         f"{'model':24s} {'wall s/batch':>12s} {'CPU s/batch':>12s} {'published':>10s} "
-        f"{'wall/published':>15s}"
+        f"{'wall/published':>15s} {'clips/s':>8s} {'TFLOP/s':>8s}"
     )
+    print(f"{args.device} {args.precision} batch {args.batch_size}")
     print(header)
     for entry in results["models"].values():
         ratio = entry["step_s_median"] / entry["published_s"]
+        rate = f"{entry['tflops_per_s']:8.3f}" if "tflops_per_s" in entry else ""
+        if "fraction_of_peak" in entry:
+            rate += f" ({100 * entry['fraction_of_peak']:.1f} % of peak)"
         print(
             f"{entry['name']:24s} {entry['step_s_median']:12.3f} "
-            f"{entry['step_cpu_s_median']:12.3f} {entry['published_s']:10.1f} {ratio:15.2f}"
+            f"{entry['step_cpu_s_median']:12.3f} {entry['published_s']:10.1f} {ratio:15.2f} "
+            f"{entry['clips_per_s']:8.2f} {rate}"
         )
         for part, seconds in entry["parts_s_median"].items():
             print(f"    {part:22s} {seconds:8.3f} s")

@@ -190,18 +190,38 @@ def child(args) -> dict:
         _sync(args.device)
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
+    seconds = sorted(times)[len(times) // 2]
     result = {
         "impl": args.impl,
         "stage": args.stage,
         "precision": args.precision,
         "device": args.device,
-        "seconds_per_batch": sorted(times)[len(times) // 2],
+        "batch_size": args.batch_size,
+        "seconds_per_batch": seconds,
+        "clips_per_s": args.batch_size / seconds,
         "all_times": times,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
     }
     if args.device.startswith("cuda"):
         result["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 1024**3
+    if args.flops:  # one more step, counted (after the timing and the memory peak)
+        result.update(flop_figures(step, seconds, args))
     return result
+
+
+def flop_figures(step, seconds: float, args) -> dict:
+    """Model FLOPs of one step (``torch.utils.flop_counter``: matmuls and convolutions,
+    forward and backward), per clip, the rate reached and, with ``--peak_tflops``, its
+    fraction of the device's peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    figures = {"flops_per_clip": flops / args.batch_size, "tflops_per_s": flops / seconds / 1e12}
+    if args.peak_tflops:
+        figures["fraction_of_peak"] = figures["tflops_per_s"] / args.peak_tflops
+    return figures
 
 
 def main(argv=None) -> list:
@@ -216,6 +236,14 @@ def main(argv=None) -> list:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--impls", default="ours,published")
     parser.add_argument("--stages", default="train,eval")
+    parser.add_argument("--flops", type=int, default=1, help="1: count FLOPs of one step")
+    parser.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=0.0,
+        help="the device's peak TFLOP/s at this precision (e.g. 989 for an H100 / H200 in "
+        "dense bf16) to report the fraction reached; 0: not reported",
+    )
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -234,6 +262,8 @@ def main(argv=None) -> list:
                 "iters",
                 "warmup",
                 "threads",
+                "flops",
+                "peak_tflops",
             ):
                 cmd += [f"--{key}", str(getattr(args, key))]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
@@ -242,9 +272,13 @@ def main(argv=None) -> list:
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             r = results[-1]
             mem = r.get("peak_cuda_gb", r["peak_rss_gb"])
+            rate = f"  {r['tflops_per_s']:7.3f} TFLOP/s" if "tflops_per_s" in r else ""
+            if "fraction_of_peak" in r:
+                rate += f" ({100 * r['fraction_of_peak']:.1f} % of peak)"
             print(
-                f"{impl:10s} {stage:5s} {args.precision:5s} {r['seconds_per_batch']:8.2f} s/batch  "
-                f"peak {mem:5.2f} GB",
+                f"{impl:10s} {stage:5s} {args.precision:5s} batch {args.batch_size:3d} "
+                f"{r['seconds_per_batch']:8.2f} s/batch {r['clips_per_s']:7.2f} clips/s  "
+                f"peak {mem:5.2f} GB{rate}",
                 flush=True,
             )
     by = {(r["impl"], r["stage"]): r["seconds_per_batch"] for r in results}

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""One Markdown table of every ``bench_lmac.py`` / ``bench_amt.py`` JSON in a folder.
+
+Rows: implementation (ours / the published step re-implemented), stage, precision, batch;
+columns: seconds per batch, clips/s, peak memory (CUDA when measured on a GPU, else RSS),
+model FLOPs per clip, TFLOP/s reached and the fraction of the peak given to the benchmark
+(``--peak_tflops``), and for ours the speed-up over the re-implementation at the same
+precision and batch size (L-MAC) or over the published per-batch figure (AMT).
+
+Usage::
+
+    python benchmarks/perf_table.py results/gpu        # after benchmarks/run_gpu.sh
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def lmac_rows(data: dict) -> list[dict]:
+    results = data["results"]
+    by = {(r["impl"], r["stage"]): r for r in results}
+    rows = []
+    for r in results:
+        ref = by.get(("published", r["stage"]))
+        speedup = ref["seconds_per_batch"] / r["seconds_per_batch"] if ref else None
+        rows.append(
+            {
+                "what": f"L-MAC {r['stage']} ({'ours' if r['impl'] == 'ours' else 'published re-impl.'})",
+                "precision": r["precision"],
+                "batch": r.get("batch_size", data["config"]["batch_size"]),
+                "s": r["seconds_per_batch"],
+                "clips": r.get("clips_per_s"),
+                "mem": r.get("peak_cuda_gb", r["peak_rss_gb"]),
+                "flops": r.get("flops_per_clip"),
+                "tflops": r.get("tflops_per_s"),
+                "peak": r.get("fraction_of_peak"),
+                "speedup": speedup if r["impl"] == "ours" else None,
+            }
+        )
+    return rows
+
+
+def amt_rows(data: dict) -> list[dict]:
+    config = data["config"]
+    rows = []
+    for entry in data["models"].values():
+        rows.append(
+            {
+                "what": f"AMT {entry['name']} eval (ours)",
+                "precision": config["precision"],
+                "batch": config["batch_size"],
+                "s": entry["step_s_median"],
+                "clips": entry.get("clips_per_s"),
+                "mem": entry.get("peak_mem_GiB"),
+                "flops": entry.get("flops_per_clip"),
+                "tflops": entry.get("tflops_per_s"),
+                "peak": entry.get("fraction_of_peak"),
+                # the published figure is for batch 2 on the CPU
+                "speedup": entry["published_s"] / entry["step_s_median"]
+                if config["batch_size"] == 2 and config["device"] == "cpu"
+                else None,
+            }
+        )
+    return rows
+
+
+def fmt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def table(folder: Path) -> str:
+    rows = []
+    for path in sorted(folder.glob("*.json")):
+        data = json.loads(path.read_text())
+        if "results" in data:
+            rows += lmac_rows(data)
+        elif "models" in data:
+            rows += amt_rows(data)
+    if not rows:
+        raise SystemExit(f"no bench_lmac.py / bench_amt.py JSON in {folder}; run them first")
+    lines = [
+        "| what | precision | batch | s/batch | clips/s | peak memory GB | GFLOP/clip | "
+        "TFLOP/s | % of peak | speed-up |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        flops = None if r["flops"] is None else r["flops"] / 1e9
+        peak = None if r["peak"] is None else 100 * r["peak"]
+        lines.append(
+            f"| {r['what']} | {r['precision']} | {r['batch']} | {r['s']:.3f} | "
+            f"{fmt(r['clips'], '.2f')} | {fmt(r['mem'], '.2f')} | {fmt(flops, '.0f')} | "
+            f"{fmt(r['tflops'], '.2f')} | {fmt(peak, '.1f')} | "
+            f"{fmt(r['speedup'], '.2f')}{'x' if r['speedup'] else ''} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__)
+    print(table(Path(sys.argv[1])))
