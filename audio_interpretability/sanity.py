@@ -255,7 +255,9 @@ def layer_groups(model: torch.nn.Module) -> list[LayerGroup]:
     return groups
 
 
-def randomize_group(module: torch.nn.Module, generator: torch.Generator, own_only=False) -> None:
+def randomize_group(
+    module: torch.nn.Module, generator: torch.Generator, own_only: bool = False
+) -> None:
     """Re-initialise the parameters of ``module`` in place, as freshly built (seeded).
 
     Every submodule with a ``reset_parameters`` method (Conv, Linear, norm layers) is reset with
