@@ -477,7 +477,7 @@ _CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 110em; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
-th { background: #f0f0f0; }
+th { background: #f0f0f0; white-space: nowrap; }
 th[title] { cursor: help; text-decoration: underline dotted; }
 td.name, th.name { text-align: left; }
 tr.baseline td { color: #777; font-size: 0.9em; }

@@ -54,3 +54,7 @@ python recipes/ESC50/interpret/eval.py hparams/lmac_cnn14.yaml --data_folder "$D
 echo "Done: metrics in $OUT/lmac/test_metrics.json (WHAM! 0 dB), $OUT/lmac/clean/test_metrics.json"
 echo "and $OUT/lmac_eval/{wham,mixtures,LJSpeech,white_noise}/test_metrics.json (validation fold);"
 echo "listenable interpretations in $OUT/lmac/interpretations/ and $OUT/lmac_eval/*/interpretations/"
+
+# a listenable HTML report of everything above (metric tables, figures, audio players)
+python -m audio_interpretability.report "$OUT"
+echo "Report: $OUT/report/index.html (open it in a browser; summary.md beside it)"
