@@ -45,9 +45,13 @@ from audio_interpretability.data.overlap import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ChunkInterpretation",
     "SingleSampleResult",
     "evaluate_overlap",
     "chunk_samples",
+    "interpret_waveforms",
+    "iter_chunks",
+    "pool_frames",
     "evaluate_setting",
     "interpret_single_sample",
     "overlap_batch",
@@ -424,6 +428,48 @@ def _chunk_record(brain, start: int, end: int, probs: torch.Tensor) -> dict:
     }
 
 
+def interpret_waveforms(brain: InterpreterBrain, wavs: torch.Tensor):
+    """One interpretation pass over (B, T) waveforms and their listenable output.
+
+    The one place where a file, a chunk of a file and the arrays of
+    :class:`audio_interpretability.api.Interpreter` are interpreted (call it under
+    ``torch.no_grad()``).
+
+    Returns
+    -------
+    spec : Spectrogram
+        The front-end output (``X``, ``phase``: (B, frames, bins)), cropped to the mask's frames.
+    mask_out : MaskOutput
+        The mask (B, frames, bins) and the interpreter's extras.
+    wav_int : torch.Tensor
+        (B, T) interpretation waveforms at the front-end's rate.
+    probs : torch.Tensor
+        (B, C) class probabilities (float32, on the CPU).
+    """
+    wavs = wavs.to(brain.device)
+    spec, clf, mask_out = brain.interpret(wavs)
+    frontend = brain.hparams.frontend
+    wav_int = frontend.invert(torch.expm1(mask_out.mask * spec.X), spec.phase, wavs.shape[1])
+    probs = clf.logits.float().softmax(dim=-1).cpu()  # (B, C)
+    return spec, mask_out, wav_int, probs
+
+
+def pool_frames(t: torch.Tensor, pool: int) -> torch.Tensor:
+    """(frames, bins) -> (ceil(frames / pool), bins): frames averaged in groups of ``pool``
+    (the figure of a long file).
+
+    Example
+    -------
+    >>> pool_frames(torch.arange(10.0).reshape(5, 2), 2)
+    tensor([[1., 2.],
+            [5., 6.],
+            [8., 9.]])
+    """
+    if pool <= 1:
+        return t.float().cpu()
+    return torch.nn.functional.avg_pool1d(t.T[None].float().cpu(), pool, pool, ceil_mode=True)[0].T
+
+
 def _interpret_whole_file(brain, wav_path, out: Path) -> SingleSampleResult:
     """A file no longer than a chunk: one pass over the whole (peak-normalised) file."""
     from audio_interpretability import viz
@@ -431,22 +477,65 @@ def _interpret_whole_file(brain, wav_path, out: Path) -> SingleSampleResult:
 
     frontend = brain.hparams.frontend
     wav = read_audio(wav_path, frontend.sample_rate, normalize=True).unsqueeze(0)  # (1, T)
-    spec, clf, mask_out = brain.interpret(wav.to(brain.device))
-    mask = mask_out.mask  # (1, frames, bins)
-    wav_int = frontend.invert(torch.expm1(mask * spec.X), spec.phase, wav.shape[1])
-    probs = clf.logits.float().softmax(dim=-1)[0].cpu()
+    spec, mask_out, wav_int, probs = interpret_waveforms(brain, wav)
+    probs = probs[0]
     viz.save_wav(out, wav_int[0].float().cpu(), frontend.sample_rate)
-    panels = brain.interpretation_panels(spec.X, mask, mask_out.extras, 0)
+    panels = brain.interpretation_panels(spec.X, mask_out.mask, mask_out.extras, 0)
     chunks = [_chunk_record(brain, 0, wav.shape[1], probs)]
     return _single_sample_outputs(brain, wav_path, out, probs, chunks, panels, frontend.hop_samples)
 
 
-def _interpret_in_chunks(brain, wav_path, out, info, peak, n_samples, chunk):
-    """A long file, chunk by chunk (see :func:`interpret_single_sample`)."""
+class ChunkInterpretation(NamedTuple):
+    """One chunk of a long file (:func:`iter_chunks`)."""
+
+    start: int  # first sample (at the front-end's rate)
+    length: int  # samples of the file in this chunk (the last one may be shorter)
+    wav_int: torch.Tensor  # (length,) interpretation waveform, CPU
+    X: torch.Tensor  # (frames, bins) input log1p spectrogram of the chunk's own frames
+    mask: torch.Tensor  # (frames, bins) its mask
+    probs: torch.Tensor  # (C,) class probabilities, CPU
+
+
+def iter_chunks(brain, wav_path, info, peak: float, n_samples: int, chunk: int):
+    """Interpret a file chunk by chunk (see :func:`interpret_single_sample`): yields one
+    :class:`ChunkInterpretation` per chunk, reading only that chunk (plus a few hops of
+    context for the resampling filter). ``info, peak`` are :func:`scan_audio`'s."""
     from tqdm import tqdm
 
-    from audio_interpretability import viz
     from audio_interpretability.data.audio import read_audio_segment
+
+    frontend = brain.hparams.frontend
+    rate, hop = frontend.sample_rate, frontend.hop_samples
+    n_chunks = math.ceil(n_samples / chunk)
+    scale = 1.0 / peak if peak > 0 else 1.0  # the whole file's peak (as read_audio normalises)
+    margin = min(chunk, 4 * hop)  # context for the resampling filter at chunk edges
+    for k in tqdm(
+        range(n_chunks), desc=Path(wav_path).name, unit="chunk", disable=brain.noprogressbar
+    ):
+        start = k * chunk
+        length = min(chunk, n_samples - start)
+        lead = min(margin, start)
+        wav = read_audio_segment(
+            wav_path, rate, start - lead, lead + length + margin, info, warn_silent=False
+        )  # (<= lead + length + margin,)
+        wav = (wav[lead : lead + length] * scale).clamp(-1.0, 1.0)  # (length,)
+        wav = torch.nn.functional.pad(wav, (0, chunk - wav.shape[0]))[None]  # (1, chunk)
+        spec, mask_out, wav_int, probs = interpret_waveforms(brain, wav)
+        mask = mask_out.mask  # (1, frames, bins)
+        used = frontend.n_frames(length) if length < chunk else mask.shape[1]
+        yield ChunkInterpretation(
+            start,
+            length,
+            wav_int[0, :length].float().cpu(),
+            spec.X[0, :used].float().cpu(),
+            mask[0, :used].float().cpu(),
+            probs[0],
+        )
+
+
+def _interpret_in_chunks(brain, wav_path, out, info, peak, n_samples, chunk):
+    """A long file, chunk by chunk (see :func:`interpret_single_sample`)."""
+    from audio_interpretability import viz
 
     frontend = brain.hparams.frontend
     rate, hop = frontend.sample_rate, frontend.hop_samples
@@ -454,44 +543,19 @@ def _interpret_in_chunks(brain, wav_path, out, info, peak, n_samples, chunk):
     frames = frontend.n_frames(chunk)
     # the figure: frames averaged in groups of `pool` (at most FIGURE_COLUMNS columns)
     pool = max(1, math.ceil(n_chunks * frames / FIGURE_COLUMNS))
-    scale = 1.0 / peak if peak > 0 else 1.0  # the whole file's peak (as read_audio normalises)
-    margin = min(chunk, 4 * hop)  # context for the resampling filter at chunk edges
     mean_probs = torch.zeros(())  # (C,) once the first chunk is in
     chunks: list[dict] = []
     figure_X: list[torch.Tensor] = []
     figure_mask: list[torch.Tensor] = []
 
-    def pooled(t: torch.Tensor) -> torch.Tensor:  # (frames, bins) -> (ceil(frames/pool), bins)
-        return torch.nn.functional.avg_pool1d(t.T[None].float().cpu(), pool, pool, ceil_mode=True)[
-            0
-        ].T
-
     def pieces():
         nonlocal mean_probs
-        for k in tqdm(
-            range(n_chunks),
-            desc=Path(wav_path).name,
-            unit="chunk",
-            disable=brain.noprogressbar,
-        ):
-            start = k * chunk
-            length = min(chunk, n_samples - start)
-            lead = min(margin, start)
-            wav = read_audio_segment(
-                wav_path, rate, start - lead, lead + length + margin, info, warn_silent=False
-            )  # (<= lead + length + margin,)
-            wav = (wav[lead : lead + length] * scale).clamp(-1.0, 1.0)  # (length,)
-            wav = torch.nn.functional.pad(wav, (0, chunk - wav.shape[0]))[None]  # (1, chunk)
-            spec, clf, mask_out = brain.interpret(wav.to(brain.device))
-            mask = mask_out.mask  # (1, frames, bins)
-            wav_int = frontend.invert(torch.expm1(mask * spec.X), spec.phase, chunk)
-            probs = clf.logits.float().softmax(dim=-1)[0].cpu()
-            mean_probs = mean_probs + probs * (length / n_samples)
-            chunks.append(_chunk_record(brain, start, start + length, probs))
-            used = frontend.n_frames(length) if length < chunk else mask.shape[1]
-            figure_X.append(pooled(spec.X[0, :used]))
-            figure_mask.append(pooled(mask[0, :used]))
-            yield wav_int[0, :length].float().cpu()
+        for c in iter_chunks(brain, wav_path, info, peak, n_samples, chunk):
+            mean_probs = mean_probs + c.probs * (c.length / n_samples)
+            chunks.append(_chunk_record(brain, c.start, c.start + c.length, c.probs))
+            figure_X.append(pool_frames(c.X, pool))
+            figure_mask.append(pool_frames(c.mask, pool))
+            yield c.wav_int
 
     viz.save_wav_stream(out, pieces(), rate)
     X = torch.cat(figure_X)[None]  # (1, columns, bins)
