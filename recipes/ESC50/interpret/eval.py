@@ -60,9 +60,9 @@ import os
 
 import speechbrain as sb
 
-from audio_interpretability.brains import INTERPRETERS, interpreter_class
+from audio_interpretability.api import build_interpreter, check_interpreter
+from audio_interpretability.api import label_encoder_for as _label_encoder
 from audio_interpretability.brains.evaluation import evaluate_setting, interpret_single_sample
-from audio_interpretability.brains.trainable import TrainableInterpreterBrain
 from audio_interpretability.data.ood import (
     ContaminatedDataset,
     LJSpeechClips,
@@ -120,59 +120,6 @@ def evaluation_runs(hparams: dict, datasets: dict, speech: LJSpeechClips | None)
         )
         runs.append((overlap_type, ood_set, False))
     return runs or [("clean", valid_set, False)]
-
-
-def check_interpreter(hparams: dict) -> type:
-    """The Brain class of the YAML's ``int_method``, checked against the YAML (its hparams,
-    ``pretrained_interpreter`` for trainable interpreters) before any work."""
-    brain_class = interpreter_class(hparams["int_method"])
-    missing = [k for k in brain_class.required_hparams if k not in hparams]
-    if missing:
-        yaml = INTERPRETERS[hparams["int_method"]][1]
-        raise ValueError(
-            f"int_method {hparams['int_method']} ({brain_class.__name__}) needs hparams this "
-            f"YAML lacks ({', '.join(missing)}); pass that interpreter's YAML, e.g. "
-            f"hparams/{yaml}"
-        )
-    if issubclass(brain_class, TrainableInterpreterBrain) and not hparams["pretrained_interpreter"]:
-        raise ValueError(
-            f"eval.py needs --pretrained_interpreter <save_folder>/psi_model.ckpt for "
-            f"int_method {hparams['int_method']} (written by {brain_class.train_script})"
-        )
-    return brain_class
-
-
-def build_interpreter(
-    brain_class: type, hparams: dict, run_opts: dict, label_encoder=None, noise=None
-):
-    """The Brain of the YAML's ``int_method`` (``brain_class``: :func:`check_interpreter`'s).
-
-    ``noise`` is the test noise built once by :func:`main` (each setting passes it or None to
-    ``evaluate_setting``): given to the Brain so that it does not build a second source from
-    the YAML that no setting uses.
-    """
-    return brain_class(
-        modules=hparams["modules"],
-        hparams=hparams,
-        run_opts=run_opts,
-        label_encoder=label_encoder,
-        noise=noise,
-    )
-
-
-def _label_encoder(hparams: dict):
-    """The classifier's label encoder (next to its checkpoint), else the recipe's, else None."""
-    from speechbrain.dataio.encoder import CategoricalEncoder
-
-    for path in (
-        os.path.join(os.path.dirname(str(hparams["classifier_model_path"])), "label_encoder.txt"),
-        hparams["label_encoder_file"],
-    ):
-        if os.path.isfile(path):
-            encoder = CategoricalEncoder()
-            encoder.load(path)
-            return encoder
-    return None
 
 
 def main(argv=None) -> dict:
