@@ -457,7 +457,8 @@ def _show(media: _Media, evaluation: Evaluation, clip: Clip) -> _ShownClip:
 def _shared_clips(
     evaluations: list[Evaluation], n_clips: int
 ) -> dict[str, list[tuple[str, list[tuple[Evaluation, Clip]]]]]:
-    """Per setting: up to ``n_clips`` clip ids saved by at least two runs, with those runs."""
+    """Per setting: up to ``n_clips`` clip ids saved by at least two runs, with those runs
+    (shown as one row of cards per clip, wrapping)."""
     shared = {}
     for setting in _settings(evaluations):
         by_id: dict[str, list[tuple[Evaluation, Clip]]] = {}
@@ -487,10 +488,10 @@ figure.clip { border: 1px solid #ddd; padding: 0.5em; margin: 0; max-width: 46em
 figure.clip img { max-width: 100%; height: auto; display: block; }
 figcaption { font-size: 0.9em; margin-bottom: 0.3em; }
 .players { display: grid; grid-template-columns: auto 1fr; gap: 0.2em 0.5em; align-items: center; }
-table.side td { vertical-align: top; text-align: left; }
-table.side img { max-width: 32em; height: auto; display: block; }
+.side figure.clip { max-width: 34em; }
 .warnings li { color: #a40; }
 code { font-size: 0.95em; }
+.scroll { overflow-x: auto; }
 """
 
 
@@ -611,7 +612,8 @@ def _html(
     out.append('<section id="metrics"><h2>Metrics per setting</h2>')
     for setting in settings:
         out.append(f'<h3 id="{_e(_anchor("metrics", setting))}">{_e(setting)}</h3>')
-        out.append(_metrics_table_html([e for e in evaluations if e.setting == setting]))
+        table = _metrics_table_html([e for e in evaluations if e.setting == setting])
+        out.append(f'<div class="scroll">{table}</div>')
     out.append("</section>")
 
     if found.classifiers:
@@ -645,16 +647,14 @@ def _html(
     for setting, rows in side.items():
         out.append(f"<h3>{_e(setting)}</h3>")
         for clip_id, items in rows:
-            out.append(f'<h4>{_e(clip_id)}</h4><table class="side"><tr>')
-            out.append(
-                "".join(f'<th class="name">{_e(_method_label(i.evaluation))}</th>' for i in items)
-            )
-            out.append("</tr><tr>")
+            out.append(f'<h4>{_e(clip_id)}</h4><div class="clips side">')
             for item in items:
                 out.append(
-                    f"<td><div>{_caption(item.clip)}</div>{_figure_img(item)}{_players(item)}</td>"
+                    f'<figure class="clip"><figcaption><b>{_e(_method_label(item.evaluation))}'
+                    f"</b><br>{_caption(item.clip)}</figcaption>{_figure_img(item)}"
+                    f"{_players(item)}</figure>"
                 )
-            out.append("</tr></table>")
+            out.append("</div>")
     out.append("</section>")
 
     if found.warnings:
