@@ -245,3 +245,29 @@ def test_load_errors(tmp_path, lmac_ckpt):
             classifier_model_path=lmac_ckpt["classifier"],
             overrides=LMAC_SIZES,
         )
+
+
+def test_docs_example_runs(capsys):
+    """The runnable example of docs/API.md runs as written."""
+    text = (ROOT / "docs" / "API.md").read_text(encoding="utf-8")
+    section = text.split("## Example (runnable as is)", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "docs/API.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == "['tones.json', 'tones.png', 'tones.wav']"
+    assert printed[-2].endswith("(81, 513)")
+
+
+def test_trained_psi_prefers_the_fine_tuned_decoder(tmp_path):
+    """A fine-tuning run's folder: save/finetuning/psi_model.ckpt; a pre-training run's:
+    save/psi_model.ckpt; none exported (eval.py): None (the run's pretrained_interpreter)."""
+    from audio_interpretability.api import _trained_psi
+
+    assert _trained_psi(tmp_path, {"finetuning": True}) is None
+    (tmp_path / "save" / "finetuning").mkdir(parents=True)
+    (tmp_path / "save" / "psi_model.ckpt").write_bytes(b"")
+    assert _trained_psi(tmp_path, {"finetuning": True}) == str(tmp_path / "save/psi_model.ckpt")
+    (tmp_path / "save" / "finetuning" / "psi_model.ckpt").write_bytes(b"")
+    fine = str(tmp_path / "save" / "finetuning" / "psi_model.ckpt")
+    assert _trained_psi(tmp_path, {"finetuning": True}) == fine
+    assert _trained_psi(tmp_path, {"finetuning": False}) == str(tmp_path / "save/psi_model.ckpt")
