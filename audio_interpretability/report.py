@@ -101,6 +101,9 @@ BASELINES: tuple[tuple[str, str], ...] = (
 #: Setting folder names eval.py and the training recipes write, in display order.
 KNOWN_SETTINGS: tuple[str, ...] = ("clean", "wham", "mixtures", "LJSpeech", "white_noise")
 
+#: Sub-folders of a run that hold a second run's tests (train_lmac.py --finetuning True).
+SUB_RUNS: tuple[str, ...] = ("finetuning",)
+
 #: Folders never searched for evaluations (checkpoints, caches, saved clips, data).
 _PRUNE = {"interpretations", "overlap", "save", "manifest", "audio_cache", "__pycache__"}
 #: Sub-folders of an evaluation holding saved clips (eval.py's in-domain / overlap pairs).
@@ -303,12 +306,14 @@ def discover(root: str | os.PathLike, exclude: Sequence[str | os.PathLike] = ())
         run = root.name if run == "." else run
         yaml = _yaml_source(text)
         if any(k in metrics for k in _FAITHFULNESS_KEYS):
-            rel = here.relative_to(run_folder).as_posix()
-            if rel == ".":
+            parts = here.relative_to(run_folder).parts
+            if parts and parts[0] in SUB_RUNS:  # e.g. L-MAC fine-tuning: <run>/finetuning/...
+                run, parts = f"{run}/{parts[0]}", parts[1:]
+            if not parts:  # a training recipe's main test, in its run folder
                 wham = (_yaml_scalar(text, "add_wham_noise") or "").lower() == "true"
                 setting = "wham" if wham else "clean"
             else:
-                setting = rel
+                setting = "/".join(parts)
                 if setting not in KNOWN_SETTINGS:
                     warnings.append(
                         f"{metrics_file}: setting folder {setting!r} is none of "

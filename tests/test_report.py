@@ -101,6 +101,11 @@ def make_tree(root: Path) -> dict:
     for i, (folder, setting) in enumerate([(lmac, "wham"), (lmac / "clean", "clean")]):
         written["lmac", setting] = _metrics(i)
         _write_json(folder / "test_metrics.json", written["lmac", setting])
+    # L-MAC fine-tuned in the same run folder (train_lmac.py --finetuning True)
+    finetuning = [(lmac / "finetuning", "wham"), (lmac / "finetuning" / "clean", "clean")]
+    for i, (folder, setting) in enumerate(finetuning):
+        written["lmac/finetuning", setting] = _metrics(30 + i)
+        _write_json(folder / "test_metrics.json", written["lmac/finetuning", setting])
     for clip, seconds in [
         ("1-10-A-0_true-dog_pred-dog", 1.0),
         ("1-11-A-1_true-rain_pred-dog", 1.5),
@@ -179,7 +184,7 @@ def test_report_on_fake_tree(fake_tree):
         header = [re.sub(r" [↑↓]$", "", h) for h in table[0]]
         rows = {row[0]: row for row in table[1:]}
         runs = [run for run, s in written if s == setting]
-        method = {"lmac": "lmac", "amt_focalnet": "amt"}
+        method = {"lmac": "lmac", "lmac/finetuning": "lmac", "amt_focalnet": "amt"}
         for run in runs:
             row = rows[f"{run} ({method[run]})"]
             for column in report.COLUMNS:
@@ -192,6 +197,7 @@ def test_report_on_fake_tree(fake_tree):
     # classifier accuracy, warnings for the oddities, true / predicted classes
     assert "classifier_cnn14" in text and "0.875" in text
     assert any("odd_setting" in w for w in found.warnings)
+    assert not any("finetuning" in w for w in found.warnings)
     assert any("nmf" in w and "neither" in w for w in found.warnings)
     assert "predicted <i>rain</i>" in text
 
