@@ -343,9 +343,12 @@ def test_report_in_browser(tmp_path, fake_tree):
         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=20000",
         "--dump-dom", check.as_uri(),
     ]  # fmt: skip
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
-    match = re.search(r'<pre id="report-check">(.*?)</pre>', dom, flags=re.DOTALL)
-    assert match, f"the check script wrote no result; chromium printed:\n{dom[-2000:]}"
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    match = re.search(r'<pre id="report-check">(.*?)</pre>', ran.stdout, flags=re.DOTALL)
+    assert match, (
+        f"the check script wrote no result (exit {ran.returncode}); chromium printed:\n"
+        f"{ran.stdout[-1500:]}\n{ran.stderr[-1500:]}"
+    )
     result = json.loads(html.unescape(match.group(1)))
 
     page = _parse(index)
