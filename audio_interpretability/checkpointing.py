@@ -21,7 +21,9 @@ changes three things:
 :class:`RandomState` is a recoverable holding the global random generators (torch CPU and
 CUDA, numpy, python ``random``); the Brains register it (with the WHAM! noise source, whose
 private generator is checkpointed by :class:`~audio_interpretability.data.wham.WhamNoise`) so
-that a resumed run draws the same numbers as an uninterrupted one.
+that a resumed run draws the same numbers as an uninterrupted one. Under DDP both gather every
+process's state before rank 0 saves it, and each process resumes its own; :class:`Checkpointer`
+returns from a save only once the checkpoint is in place on every process.
 
 :func:`apply_umask` gives a file written through :func:`tempfile.mkstemp` (always mode 0600)
 the permissions a plain ``open`` would have given it.
@@ -50,6 +52,8 @@ from speechbrain.utils.checkpoints import (
     register_checkpoint_hooks,
 )
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
+
+from audio_interpretability.distributed import gather_process_states, own_process_state
 
 logger = logging.getLogger(__name__)
 
@@ -174,10 +178,22 @@ class Checkpointer(sb_checkpoints.Checkpointer):
         none (plus a hidden staging folder that the next recovery removes).
         """
         self._staging = None
+        for obj in self.recoverables.values():  # per-process states, gathered on every process
+            gather = getattr(obj, "gather_process_states", None)
+            if gather is not None:
+                gather()
         saved = super().save_checkpoint(
             meta=meta or {}, end_of_epoch=end_of_epoch, name=name, verbosity=logging.DEBUG
         )
         ddp_barrier()  # every process has written its files
+        checkpoint = self._move_into_place(saved, end_of_epoch, verbosity)
+        # Under DDP no process goes on (e.g. to recover the checkpoint just saved, as
+        # ``evaluate`` does after ``fit``) before it is in place.
+        ddp_barrier()
+        return checkpoint
+
+    def _move_into_place(self, saved, end_of_epoch, verbosity) -> Checkpoint | None:
+        """Rank 0: rename the staging folder into place (None on the other processes)."""
         if not if_main_process():
             return None
         staging, final = self._staging, self._final
@@ -319,8 +335,10 @@ class RandomState:
     True
     """
 
-    @mark_as_saver
-    def _save(self, path) -> None:
+    _processes: list | None = None
+
+    @staticmethod
+    def _state() -> dict:
         kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 (the legacy global RNG)
         state = {
             "torch": torch.get_rng_state(),
@@ -329,12 +347,25 @@ class RandomState:
         }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def gather_process_states(self) -> None:
+        """Under DDP, gather every process's generators (before rank 0 saves them)."""
+        self._processes = gather_process_states(self._state())
+
+    @mark_as_saver
+    def _save(self, path) -> None:
+        state = self._state()
+        if self._processes is not None:  # under DDP: each process resumes its own
+            state["processes"] = self._processes
+            self._processes = None
         torch.save(state, path)
 
     @mark_as_loader
     def _recover(self, path, end_of_epoch) -> None:
         del end_of_epoch
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        state = own_process_state(saved, "The random state")
         torch.set_rng_state(state["torch"])
         kind, keys, pos, has_gauss, cached = state["numpy"]
         keys = keys.numpy().astype(np.uint32)

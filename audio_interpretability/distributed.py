@@ -42,6 +42,8 @@ __all__ = [
     "ShardSampler",
     "all_reduce_sum",
     "choose_distributed_backend",
+    "gather_process_states",
+    "own_process_state",
     "is_distributed",
     "process_rank",
     "world_size",
@@ -82,6 +84,40 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     packed = values.detach().to(device, torch.float64).clone()
     dist.all_reduce(packed)
     return packed.to(values.device, values.dtype)
+
+
+def gather_process_states(state):
+    """Every process's ``state`` in rank order under DDP (a collective), else None.
+
+    Recoverables whose state differs per process (the WHAM! noise generator, seeded with
+    ``seed + rank``; the global random generators) gather it before a checkpoint is saved:
+    SpeechBrain's savers run on rank 0 only, which would otherwise save rank 0's state for
+    every process.
+    """
+    if not is_distributed():
+        return None
+    states = [None] * world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def own_process_state(saved: dict, what: str) -> dict:
+    """This process's entry of a state saved with :func:`gather_process_states`
+    (``saved["processes"]``); ``saved`` itself when there is none (one process saved it) or
+    when the world size changed (with a warning: every process then resumes rank 0's)."""
+    states = saved.get("processes")
+    if not states or not is_distributed():
+        return saved if not states else states[0]
+    if len(states) != world_size():
+        logger.warning(
+            "%s was saved by %d processes, this run has %d: every process resumes rank 0's "
+            "state (the processes then draw the same numbers)",
+            what,
+            len(states),
+            world_size(),
+        )
+        return states[0]
+    return states[process_rank()]
 
 
 def choose_distributed_backend(run_opts):

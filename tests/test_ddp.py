@@ -312,3 +312,48 @@ def test_reductions_across_processes(tmp_path):
         result = read_json(tmp_path / f"rank{rank}.json")
         # the two masks of rank 0 (hand-computed in test_metrics.py): 2/3; 1 + 2 = 3
         assert result == {"dependence": pytest.approx(2 / 3), "total": 3.0}
+
+
+def _resume_worker(rank: int, world: int, init_file: str, folder: str, wham: str) -> None:
+    from audio_interpretability.checkpointing import Checkpointer, register_random_states
+    from audio_interpretability.data.wham import WhamNoise
+
+    os.environ["RANK"] = str(rank)  # SpeechBrain's rank-0 checks read it
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # the same global seed on every process, as the YAMLs set it
+        noise = WhamNoise(wham, sample_rate=16000, split="tr", seed=rank)  # seed + rank
+        ckpt = Checkpointer(os.path.join(folder, "save"))
+        register_random_states(ckpt, noise)
+        torch.rand(rank + 1)  # the processes' global generators drift apart
+        ckpt.save_checkpoint(meta={"epoch": 1.0})
+        expected = (noise.sample(1, 100), torch.rand(3))
+        noise.sample(4, 100), torch.rand(5)  # a run killed here, then resumed:
+        ckpt.recover_if_possible()
+        resumed = (noise.sample(1, 100), torch.rand(3))
+        result = {
+            "same": all(torch.equal(a, b) for a, b in zip(expected, resumed)),
+            "noise": resumed[0].tolist(),
+        }
+        with open(os.path.join(folder, f"rank{rank}.json"), "w") as f:
+            json.dump(result, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_each_process_resumes_its_own_random_state(tmp_path, tiny_wham):
+    """Rank 0 saves the checkpoint, but each process resumes its own WHAM! and global
+    generators (they would otherwise all resume rank 0's and draw the same noise)."""
+    mp.start_processes(
+        _resume_worker,
+        args=(2, str(tmp_path / "init"), str(tmp_path), tiny_wham),
+        nprocs=2,
+        join=True,
+        start_method="fork",
+    )
+    results = [read_json(tmp_path / f"rank{rank}.json") for rank in range(2)]
+    assert all(r["same"] for r in results)
+    assert results[0]["noise"] != results[1]["noise"]
+    (saved,) = (tmp_path / "save").glob("CKPT+*")
+    assert len(torch.load(saved / "wham_noise.ckpt", weights_only=True)["processes"]) == 2

@@ -192,15 +192,30 @@ class WhamNoise:
     def __len__(self) -> int:
         return len(self.files)
 
+    _processes: list | None = None
+
+    def gather_process_states(self) -> None:
+        """Under DDP, gather every process's generator (each is seeded ``seed + rank``)
+        before rank 0 saves them, so that each process resumes its own."""
+        from audio_interpretability.distributed import gather_process_states
+
+        self._processes = gather_process_states({"generator": self.generator.get_state()})
+
     @mark_as_saver
     def _save(self, path) -> None:
-        torch.save({"generator": self.generator.get_state(), "seed": self.seed}, path)
+        state = {"generator": self.generator.get_state(), "seed": self.seed}
+        if self._processes is not None:
+            state["processes"] = self._processes
+            self._processes = None
+        torch.save(state, path)
 
     @mark_as_loader
     def _recover(self, path, end_of_epoch) -> None:
+        from audio_interpretability.distributed import own_process_state
+
         del end_of_epoch
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.generator.set_state(state["generator"])
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        self.generator.set_state(own_process_state(saved, "The WHAM! noise generator")["generator"])
 
     def _n_samples(self, index: int) -> int:
         """Length of file ``index`` at the output sample rate."""
