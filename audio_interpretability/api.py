@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import weakref
@@ -207,7 +208,8 @@ def load_interpreter(
     ------
     ValueError
         Neither or both of ``folder`` and ``hparams_file``; an interpreter the YAML cannot
-        build (see :func:`check_interpreter`); ``cuda`` without a GPU.
+        build (see :func:`check_interpreter`); ``cuda`` without a GPU; ``overrides`` naming
+        a key the YAML does not have.
     FileNotFoundError
         A missing folder, ``hyperparams.yaml``, YAML or checkpoint.
     """
@@ -250,6 +252,13 @@ def load_interpreter(
                 raise FileNotFoundError(f"{key} {path} does not exist; pass an existing file")
             values[key] = str(path)
     text = yaml_path.read_text(encoding="utf-8")
+    known = set(re.findall(r"^([A-Za-z_]\w*)\s*:", text, flags=re.MULTILINE))  # top-level keys
+    unknown = sorted(set(overrides or {}) - known)
+    if unknown:  # a typo would otherwise be ignored (checkpointer: null may match nothing)
+        raise ValueError(
+            f"overrides {', '.join(unknown)} are not keys of {yaml_path}; pass its keys (see the "
+            "YAML's comments)"
+        )
     hparams = load_hyperpyyaml(text, values, overrides_must_match=False)
     check_published_keys(hparams, yaml_fixed_defaults(text))
     brain_class = interpreter_class(hparams["int_method"])

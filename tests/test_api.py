@@ -238,6 +238,8 @@ def test_load_errors(tmp_path, lmac_ckpt):
         load_interpreter(tmp_path)
     with pytest.raises(FileNotFoundError, match="lmac_cnn14.yaml"):
         load_interpreter(hparams_file="no_such.yaml")
+    with pytest.raises(ValueError, match="overrides base_chanels are not keys"):  # a typo
+        load_interpreter(hparams_file="lmac_cnn14.yaml", overrides={"base_chanels": 2})
     with pytest.raises(ValueError, match="pretrained_interpreter"):  # L-MAC needs its decoder
         load_interpreter(
             hparams_file="lmac_cnn14.yaml",
