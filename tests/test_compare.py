@@ -125,6 +125,19 @@ def test_compare_tiny(tmp_path, tiny_esc50, checkpoints):
     png = out / "masks.png"
     assert png.stat().st_size > 0 and png.read_bytes()[:4] == b"\x89PNG"
 
+    # a second run reuses the training and the evaluations (their outputs exist)
+    psi = out / "L-MAC" / "train" / "save" / "psi_model.ckpt"
+    written = (
+        psi.stat().st_mtime_ns,
+        (out / "PIQ" / "eval" / "eval_metrics.json").stat().st_mtime_ns,
+    )
+    again = load_compare().main(argv(tiny_esc50, checkpoints, out, methods))
+    assert again["rows"] == report["rows"]
+    assert written == (
+        psi.stat().st_mtime_ns,
+        (out / "PIQ" / "eval" / "eval_metrics.json").stat().st_mtime_ns,
+    )
+
 
 def test_bad_input_fails_before_any_work(tmp_path, tiny_esc50, checkpoints):
     compare = load_compare()
