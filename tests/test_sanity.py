@@ -268,3 +268,36 @@ def test_deletion_insertion(tiny_brains, clips):
     }  # fmt: skip
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert scores == sanity.deletion_insertion(brain, clips, n_steps=4, seed=0)
+
+
+@pytest.mark.parametrize(
+    "yaml, sizes",
+    [
+        ("amt_vit.yaml", {"img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 2,
+                          "num_heads": 2}),
+        ("amt_focalnet.yaml", {"img_size": 32, "embed_dim": 8, "depths": [1, 1, 1, 1]}),
+    ],
+)  # fmt: skip
+def test_sanity_checks_on_amt_vit_and_focalnet(yaml, sizes, tmp_path, clips):
+    """Both checks run on the transformer backbones too (AMT, random tiny ViT / FocalNet)."""
+    from audio_interpretability.brains.amt import InterpreterESC50Brain
+
+    overrides = {
+        "data_folder": str(tmp_path), "output_folder": str(tmp_path / "out"), "out_n_neurons": 5,
+        "num_threads": 0, "embedding_model_path": None, "classifier_model_path": None, **sizes,
+    }  # fmt: skip
+    torch.manual_seed(0)
+    with open(ROOT / "hparams" / yaml, encoding="utf-8") as f:
+        hp = load_hyperpyyaml(f, overrides)
+    brain = InterpreterESC50Brain(modules=hp["modules"], hparams=hp, run_opts={"device": "cpu"})
+    model = brain.hparams.model
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    wavs = clips[:2]
+    stages = sanity.cascading_randomization(brain, wavs, seed=0)
+    assert [s.group for s in stages[1:]] == [g.name for g in sanity.layer_groups(model)]
+    assert stages[0].spearman == pytest.approx(1.0)
+    assert all(math.isfinite(s.spearman) and math.isfinite(s.ssim) for s in stages)
+    assert stages[-1].spearman < 1.0
+    scores = sanity.deletion_insertion(brain, wavs, n_steps=3)
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
