@@ -50,6 +50,7 @@ import torch
 from tqdm import tqdm
 
 from audio_interpretability import sanity
+from audio_interpretability.api import build_interpreter, check_interpreter
 from audio_interpretability.brains import INTERPRETERS, interpreter_class
 from audio_interpretability.brains.trainable import PSI_FILE, TrainableInterpreterBrain
 from audio_interpretability.recipe_utils import load_recipe, prepare_datasets
@@ -317,20 +318,20 @@ def eval_argv(
 def evaluate_method(
     hparams: dict, method: Method, run_opts: dict, folder: str, psi, extra: dict
 ) -> tuple:
-    """eval.py's ``main`` for ``method``, then its Brain (built by eval.py's functions) for the
-    sanity checks. Returns ``({setting: metrics}, brain, test set)``."""
-    evaluation = _recipe("eval.py")
+    """eval.py's ``main`` for ``method``, then its Brain (built by the functions eval.py uses,
+    from the same command line) for the sanity checks. Returns ``({setting: metrics}, brain,
+    test set)``."""
     argv = eval_argv(hparams, method, run_opts, folder, psi, extra)
     metrics_file = os.path.join(folder, "eval", "eval_metrics.json")
     if _done(metrics_file, hparams):
         with open(metrics_file, encoding="utf-8") as f:
             results = json.load(f)
     else:
-        results = evaluation.main(argv)
+        results = _recipe("eval.py").main(argv)
     method_hparams, method_run_opts = load_recipe(argv, create_experiment=False)
-    brain_class = evaluation.check_interpreter(method_hparams)
+    brain_class = check_interpreter(method_hparams)
     datasets = prepare_datasets(method_hparams, splits=("test",))
-    brain = evaluation.build_interpreter(
+    brain = build_interpreter(
         brain_class, method_hparams, method_run_opts, datasets["label_encoder"]
     )
     return results, brain, datasets["test"]
