@@ -135,3 +135,45 @@ def test_map_channels_for_any_cnn14_width(tmp_path):
     assert psi(maps).shape == (2, 1, 81, 513)
     with pytest.raises(ValueError, match="4 positive channel counts"):
         CNN14Decoder(map_channels=(128, 64))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_gemm_conv_is_the_same_function(batch):
+    """GemmConvTranspose2d (the weight-heavy layers as matmul + fold on the CPU) against
+    ConvTranspose2d: same outputs, input and weight gradients, and the same decoder after
+    a few optimizer steps, up to float rounding; and the same state dict."""
+    torch.manual_seed(0)
+    cnn14 = Cnn14(mel_bins=80, emb_dim=256, base_channels=8).eval()
+    with torch.no_grad():
+        maps = cnn14(torch.randn(batch, 173, 80), return_maps=True).maps
+    gemm = CNN14Decoder(in_dim=256, width=128, gemm_conv=True)
+    plain = CNN14Decoder(in_dim=256, width=128, gemm_conv=False)
+    plain.load_state_dict(gemm.state_dict(), strict=True)
+    # the product is really used, for the first layers only (not the wide late ones)
+    from unittest import mock
+
+    import audio_interpretability.models.decoders as decoders
+
+    with mock.patch.object(decoders.F, "fold", wraps=decoders.F.fold) as fold:
+        with torch.no_grad():
+            gemm(maps)
+    assert 3 <= fold.call_count < 9
+    # SGD: Adam divides by sqrt(v), which turns the rounding of a near-zero gradient into a
+    # full-size step (as any change of summation order would, e.g. another thread count)
+    optimizers = [torch.optim.SGD(d.parameters(), lr=0.1, momentum=0.9) for d in (gemm, plain)]
+    for _ in range(3):
+        outs = []
+        for decoder, optimizer in zip((gemm, plain), optimizers):
+            inputs = [m.clone().requires_grad_() for m in maps]
+            out = decoder(tuple(inputs))
+            (out.sigmoid() * torch.linspace(-1, 1, out.shape[-1])).mean().backward()
+            outs.append((out.detach(), [m.grad for m in inputs], decoder.convt1.weight.grad))
+            optimizer.step()
+            optimizer.zero_grad()
+        (out_a, grads_a, w_a), (out_b, grads_b, w_b) = outs
+        torch.testing.assert_close(out_a, out_b, atol=1e-4, rtol=1e-4)
+        for a, b in zip(grads_a, grads_b):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(w_a, w_b, atol=1e-7, rtol=1e-4)
+    for (name, a), b in zip(gemm.state_dict().items(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
