@@ -127,6 +127,16 @@ def test_smoothgrad_seed_and_global_rng(tmp_path, wavs, model):
     assert not torch.allclose(plain, mask)
 
 
+def test_smoothgrad_on_silence_stays_finite(tmp_path, model):
+    """Silent stretches (X = 0) and strong noise: noisy copies below 0 used to reach
+    log1p(fbank(expm1(X))) < -1, a NaN attribution; they are clamped at 0 (no magnitude)."""
+    wav = 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(3))
+    wav[:, 4000:12000] = 0.0  # half of each clip silent
+    brain = make_brain(SmoothGrad, tmp_path, model, smoothgrad_stdev=1.0, smoothgrad_n_samples=8)
+    mask = brain.interpret_computation_steps(wav)[1]
+    assert bool(torch.isfinite(mask).all()) and torch.allclose(mask.amax(dim=(1, 2)), torch.ones(2))
+
+
 @pytest.mark.parametrize("name", ["saliency", "integrated_gradients", "gradcam"])
 def test_batch_equals_per_clip(name, tmp_path, wavs, model):
     brain = make_brain(METHODS[name], tmp_path, model)

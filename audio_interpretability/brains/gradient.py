@@ -219,7 +219,8 @@ class SmoothGrad(GradientInterpreter):
     (captum ``NoiseTunnel(Saliency)``, ``nt_type="smoothgrad"``).
 
     Reads ``smoothgrad_n_samples`` (noisy copies per clip) and ``smoothgrad_stdev`` (standard
-    deviation of the Gaussian noise, in X's log1p-magnitude units). The noise is drawn with a
+    deviation of the Gaussian noise, in X's log1p-magnitude units; the noisy copies are clamped
+    at 0, as a magnitude cannot be negative). The noise is drawn with a
     seed taken, batch after batch, from a generator seeded with ``seed`` (reset at each stage):
     a fixed seed gives the same masks, and the global torch RNG is left as it was
     (``torch.random.fork_rng``).
@@ -245,7 +246,10 @@ class SmoothGrad(GradientInterpreter):
             torch.random.default_generator.manual_seed(seed)
             for index in cuda:  # only X's GPU: torch.manual_seed would reseed every GPU
                 torch.cuda.default_generators[index].manual_seed(seed)
-            return NoiseTunnel(CaptumSaliency(self.forward_logits)).attribute(
+            # a noisy log1p magnitude below 0 is no magnitude: log1p(fbank(expm1(X))) of it is
+            # NaN once the filterbank sums it below -1 (silent bins), so clamp the copies at 0
+            noisy_logits = lambda X_noisy: self.forward_logits(X_noisy.clamp_min(0))  # noqa: E731
+            return NoiseTunnel(CaptumSaliency(noisy_logits)).attribute(
                 self._input(X),
                 nt_type="smoothgrad",
                 nt_samples=n_samples,
