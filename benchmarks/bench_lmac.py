@@ -85,6 +85,7 @@ def _ours(stage: str, args):
         "save_interpretations": False,
         "num_threads": 0,
     }
+    overrides.update(json.loads(args.ours_overrides))
     with open(REPO / "hparams" / "lmac_cnn14.yaml") as f:
         hparams = load_hyperpyyaml(f, overrides)
     from audio_interpretability.brains.lmac import LMAC
@@ -244,6 +245,11 @@ def main(argv=None) -> list:
         help="the device's peak TFLOP/s at this precision (e.g. 989 for an H100 / H200 in "
         "dense bf16) to report the fraction reached; 0: not reported",
     )
+    parser.add_argument(
+        "--ours_overrides",
+        default="{}",
+        help="lmac_cnn14.yaml keys for ours, as JSON, e.g. '{\"decoder_gemm_conv\": false}'",
+    )
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -264,6 +270,7 @@ def main(argv=None) -> list:
                 "threads",
                 "flops",
                 "peak_tflops",
+                "ours_overrides",
             ):
                 cmd += [f"--{key}", str(getattr(args, key))]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
