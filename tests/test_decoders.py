@@ -177,3 +177,17 @@ def test_gemm_conv_is_the_same_function(batch):
         torch.testing.assert_close(w_a, w_b, atol=1e-7, rtol=1e-4)
     for (name, a), b in zip(gemm.state_dict().items(), plain.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_gemm_conv_leaves_bf16_to_conv_transpose():
+    """Under bf16 autocast (``--precision bf16``) the layers stay ConvTranspose2d (fold is slow
+    in bf16 on the CPU): the output is exactly the plain layer's."""
+    from audio_interpretability.models.decoders import GemmConvTranspose2d
+
+    torch.manual_seed(0)
+    layer = GemmConvTranspose2d(256, 64, (7, 4), (2, 4), 1)
+    x = torch.randn(2, 256, 5, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        plain = torch.nn.ConvTranspose2d.forward(layer, x)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, plain)

@@ -34,11 +34,12 @@ class GemmConvTranspose2d(torch.nn.ConvTranspose2d):
     output padding go through ``ConvTranspose2d`` unchanged.
 
     The product is used when ``C_out * kh * kw >= B * H * W`` (more output columns per input
-    position than input positions: the weights dominate).
+    position than input positions: the weights dominate), in fp32 outside autocast (under
+    ``--precision bf16`` the layers stay ``ConvTranspose2d``: ``fold`` is slow in bf16).
 
     Example
     -------
-    >>> torch.manual_seed(0)
+    >>> _ = torch.manual_seed(0)
     >>> layer = GemmConvTranspose2d(64, 32, (7, 4), (2, 4), 1)
     >>> x = torch.randn(2, 64, 5, 3)
     >>> y = layer(x)
@@ -52,6 +53,8 @@ class GemmConvTranspose2d(torch.nn.ConvTranspose2d):
         if (
             output_size is not None
             or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or torch.is_autocast_enabled("cpu")  # bf16: oneDNN's kernels (fold is slow in bf16)
             or self.groups != 1
             or self.dilation != (1, 1)
             or self.output_padding != (0, 0)
