@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from audio_interpretability.brains.interpreter import Interpretation, MaskOutput
+from audio_interpretability.brains.optimizer_in_backward import OptimizerInBackwardMixin
 from audio_interpretability.brains.trainable import PSI_FILE, TrainableInterpreterBrain
 from audio_interpretability.distributed import all_reduce_sum
 from audio_interpretability.features import Spectrogram
@@ -405,7 +406,7 @@ def lmac_loss(
 # --------------------------------------------------------------------------------------------
 # The Brain
 # --------------------------------------------------------------------------------------------
-class LMAC(TrainableInterpreterBrain):
+class LMAC(OptimizerInBackwardMixin, TrainableInterpreterBrain):
     """L-MAC interpreter: a trainable decoder on a frozen CNN14 (see the module docstring).
 
     ``psi_model`` is the :class:`~audio_interpretability.models.decoders.CNN14Decoder` (also
@@ -415,7 +416,9 @@ class LMAC(TrainableInterpreterBrain):
     the method: ``l_in_w``, ``l_out_w``, ``reg_w_l1``, ``reg_w_tv``, ``regularizer``,
     ``finetuning``, ``g_w``, ``crosscor_th``, ``crosscortype``, ``guidelosstype``, ``bin_th``,
     ``guidance_reference``. Fine-tuning started in the pre-training run's folder keeps its
-    checkpoints and decoder apart, in ``finetuning/`` subfolders.
+    checkpoints and decoder apart, in ``finetuning/`` subfolders. ``optimizer_in_backward:
+    True`` (opt-in, with ``--max_grad_norm 0``) steps each decoder parameter inside the
+    backward pass and frees its gradient at once (``brains/optimizer_in_backward.py``).
 
     Arguments
     ---------
@@ -506,6 +509,7 @@ class LMAC(TrainableInterpreterBrain):
                 "--pretrained_interpreter <save_folder>/psi_model.ckpt (written by a first "
                 "train_lmac.py run)"
             )
+        self.check_optimizer_in_backward()
 
     def training_stage(self) -> float:
         """0 for pre-training, 1 for fine-tuning (checkpoint meta ``finetuning``)."""
