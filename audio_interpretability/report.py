@@ -333,6 +333,8 @@ def discover(root: str | os.PathLike, exclude: Sequence[str | os.PathLike] = ())
             )
         elif "accuracy" in metrics:
             classifiers.append(ClassifierRun(run, yaml, metrics_file, metrics))
+        elif yaml == "nmf.yaml":  # L2I's NMF dictionary: reconstruction losses, no mask
+            logger.info("%s: an NMF dictionary's losses; not a table row", metrics_file)
         else:
             warnings.append(
                 f"{metrics_file}: neither an interpreter evaluation (no FF / fid_in) nor a "

@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""Print the metrics of an evaluation folder as a Markdown table (the tables in README.md).
+"""Print the metrics of evaluation folders as a Markdown table (the tables in README.md).
 
 Reads ``<folder>/<setting>/test_metrics.json`` for every setting folder (as written by
 ``eval.py``, e.g. ``results/demo/lmac_eval``) and prints one row per setting: the interpreter's
 value and, in parentheses, the random mask's / the swapped mask's where the metric has them.
+With ``--setting S`` the rows are the methods instead: every ``<folder>/<method>/S/`` (e.g.
+the demo's ``results/demo/compare``, one folder per interpreter).
 
 Usage::
 
     python benchmarks/metrics_table.py results/demo/lmac_eval
+    python benchmarks/metrics_table.py results/demo/compare --setting mixtures
+    # write the table into README.md between <!-- table:NAME --> and <!-- /table:NAME -->
+    ... --readme README.md --block NAME
 
 Authors
 * audio_interpretability contributors
@@ -65,10 +70,65 @@ def table(folder: str) -> str:
     return "\n".join(lines)
 
 
+def methods_table(folder: str, setting: str, order: tuple = ()) -> str:
+    """The Markdown table of every ``<folder>/<method>/<setting>/test_metrics.json``.
+
+    Rows follow ``order`` (method folder names), then the other methods alphabetically.
+    """
+    found = sorted(
+        name
+        for name in os.listdir(folder)
+        if os.path.isfile(os.path.join(folder, name, setting, "test_metrics.json"))
+    )
+    if not found:
+        raise FileNotFoundError(
+            f"no <method>/{setting}/test_metrics.json under {folder}; run the demo (or eval.py) first"
+        )
+    methods = [m for m in order if m in found] + [m for m in found if m not in order]
+    lines = [
+        "| method | clips | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in COLUMNS) + " |",
+    ]
+    for name in methods:
+        with open(os.path.join(folder, name, setting, "test_metrics.json"), encoding="utf-8") as f:
+            metrics = json.load(f)
+        cells = [cell(metrics, key, baselines) for key, _, baselines in COLUMNS]
+        lines.append(f"| {name} | {int(metrics['n_samples'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_block(readme: str, block: str, text: str) -> None:
+    """Replace the lines between ``<!-- table:BLOCK -->`` and ``<!-- /table:BLOCK -->``."""
+    begin, end = f"<!-- table:{block} -->", f"<!-- /table:{block} -->"
+    with open(readme, encoding="utf-8") as f:
+        content = f.read()
+    if content.count(begin) != 1 or content.count(end) != 1:
+        raise ValueError(f"{readme} must hold {begin} and {end} once each, around the table")
+    head, rest = content.split(begin)
+    _, tail = rest.split(end)
+    with open(readme, "w", encoding="utf-8") as f:
+        f.write(f"{head}{begin}\n{text}\n{end}{tail}")
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", help="an eval.py output folder (one subfolder per setting)")
-    text = table(parser.parse_args(argv).folder)
+    parser.add_argument("--setting", help="rows = the method subfolders, in this setting")
+    parser.add_argument("--order", default="L-MAC,L2I,PIQ,Saliency,Grad-CAM,AMT-FocalNet,AMT-ViT",
+                        help="method rows first, in this order (comma-separated)")  # fmt: skip
+    parser.add_argument("--readme", help="write the table into this Markdown file ...")
+    parser.add_argument(
+        "--block", help="... between <!-- table:BLOCK --> and <!-- /table:BLOCK -->"
+    )
+    args = parser.parse_args(argv)
+    if bool(args.readme) != bool(args.block):
+        parser.error("--readme and --block go together")
+    if args.setting:
+        text = methods_table(args.folder, args.setting, tuple(args.order.split(",")))
+    else:
+        text = table(args.folder)
+    if args.readme:
+        write_block(args.readme, args.block, text)
     print(text)
     return text
 

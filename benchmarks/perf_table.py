@@ -5,7 +5,8 @@ Rows: implementation (ours / the published step re-implemented), stage, precisio
 columns: seconds per batch, clips/s, peak memory (CUDA when measured on a GPU, else RSS),
 model FLOPs per clip, TFLOP/s reached and the fraction of the peak given to the benchmark
 (``--peak_tflops``), and for ours the speed-up over the re-implementation at the same
-precision and batch size (L-MAC) or over the published per-batch figure (AMT).
+precision and batch size (L-MAC) or over the published per-batch figure (AMT), and (L-MAC) over
+the fp32 re-implementation at the same batch size (the published recipe's default precision).
 
 Usage::
 
@@ -19,6 +20,14 @@ import sys
 from pathlib import Path
 
 
+def label(impl: str, config: dict) -> str:
+    """``ours`` (with its YAML overrides, e.g. ``optimizer_in_backward``) or the re-impl."""
+    if impl != "ours":
+        return "published re-impl."
+    overrides = json.loads(config.get("ours_overrides") or "{}")
+    return "ours" + "".join(f", {k}: {v}" for k, v in overrides.items())
+
+
 def lmac_rows(data: dict) -> list[dict]:
     results = data["results"]
     by = {(r["impl"], r["stage"]): r for r in results}
@@ -28,7 +37,7 @@ def lmac_rows(data: dict) -> list[dict]:
         speedup = ref["seconds_per_batch"] / r["seconds_per_batch"] if ref else None
         rows.append(
             {
-                "what": f"L-MAC {r['stage']} ({'ours' if r['impl'] == 'ours' else 'published re-impl.'})",
+                "what": f"L-MAC {r['stage']} ({label(r['impl'], data['config'])})",
                 "precision": r["precision"],
                 "batch": r.get("batch_size", data["config"]["batch_size"]),
                 "s": r["seconds_per_batch"],
@@ -38,6 +47,7 @@ def lmac_rows(data: dict) -> list[dict]:
                 "tflops": r.get("tflops_per_s"),
                 "peak": r.get("fraction_of_peak"),
                 "speedup": speedup if r["impl"] == "ours" else None,
+                "key": (r["impl"], r["stage"], r["precision"], r.get("batch_size")),
             }
         )
     return rows
@@ -81,10 +91,21 @@ def table(folder: Path) -> str:
             rows += amt_rows(data)
     if not rows:
         raise SystemExit(f"no bench_lmac.py / bench_amt.py JSON in {folder}; run them first")
+    # ours (any precision) against the fp32 re-implementation at the same stage and batch: the
+    # published recipe runs in fp32 by default
+    fp32_ref = {
+        (r["key"][1], r["key"][3]): r["s"]
+        for r in rows
+        if r.get("key") and r["key"][0] == "published" and r["key"][2] == "fp32"
+    }
+    for r in rows:
+        key = r.get("key")
+        ref = fp32_ref.get((key[1], key[3])) if key and key[0] == "ours" else None
+        r["vs_fp32"] = ref / r["s"] if ref else None
     lines = [
         "| what | precision | batch | s/batch | clips/s | peak memory GB | GFLOP/clip | "
-        "TFLOP/s | % of peak | speed-up |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "TFLOP/s | % of peak | speed-up | vs fp32 re-impl. |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         flops = None if r["flops"] is None else r["flops"] / 1e9
@@ -93,7 +114,8 @@ def table(folder: Path) -> str:
             f"| {r['what']} | {r['precision']} | {r['batch']} | {r['s']:.3f} | "
             f"{fmt(r['clips'], '.2f')} | {fmt(r['mem'], '.2f')} | {fmt(flops, '.0f')} | "
             f"{fmt(r['tflops'], '.2f')} | {fmt(peak, '.1f')} | "
-            f"{fmt(r['speedup'], '.2f')}{'x' if r['speedup'] else ''} |"
+            f"{fmt(r['speedup'], '.2f')}{'x' if r['speedup'] else ''} | "
+            f"{fmt(r.get('vs_fp32'), '.2f')}{'x' if r.get('vs_fp32') else ''} |"
         )
     return "\n".join(lines)
 
