@@ -6,6 +6,12 @@ temporary folder, then iterates over every item of the train split for a few epo
 without cache (decode + downmix + resample 44.1 -> 16 kHz each time) and once with
 ``cache_folder`` (the first epoch fills the cache, the next ones read float32 ``.npy`` files).
 
+Then the data pipeline alone as training sees it (issue 13: does loading starve the model?):
+the cached train split through SpeechBrain's DataLoader (``PaddedBatch``, batch
+``--batch_size``, shuffled) with ``num_workers`` 0 and 2 (``pin_memory`` on CUDA), each batch
+mixed with WHAM! noise at 0 dB as the recipes do in the forward pass (``WhamNoise.sample`` +
+``mix_at_snr``), in clips/s, to set against the model's clips/s in bench_lmac.py.
+
 Usage::
 
     python benchmarks/bench_data_cache.py results/bench_data_cache.json --n_classes 5 \
@@ -37,6 +43,38 @@ def epoch_seconds(dataset) -> float:
     return time.perf_counter() - start
 
 
+def pipeline_clips_per_s(dataset, noise, batch_size: int, workers: int, epochs: int) -> float:
+    """Clips/s of loading + WHAM! mixing over ``epochs`` passes (after one warm-up pass)."""
+    from speechbrain.dataio.batch import PaddedBatch
+    from torch.utils.data import DataLoader
+
+    from audio_interpretability.data.wham import mix_at_snr
+
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=PaddedBatch,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+    def one_pass() -> int:
+        n = 0
+        for batch in loader:
+            wavs, _ = batch.sig
+            mix_at_snr(wavs, noise.sample(wavs.shape[0], wavs.shape[1]), 0.0)
+            n += wavs.shape[0]
+        return n
+
+    one_pass()  # warm-up: workers started, page cache filled
+    start = time.perf_counter()
+    clips = sum(one_pass() for _ in range(epochs))
+    return clips / (time.perf_counter() - start)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("output_json", help="where to write the results (JSON)")
@@ -47,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sample_rate", type=int, default=16000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch_size", type=int, default=16, help="pipeline: batch size")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -72,6 +111,16 @@ def main(argv: list[str] | None = None) -> dict:
             results["no_cache"].append(epoch_seconds(plain))
             results["cache"].append(epoch_seconds(cached))
         n_items = len(plain)
+        from audio_interpretability.data.synthetic import generate_wham_noise
+        from audio_interpretability.data.wham import WhamNoise
+
+        wham = os.path.join(root, "wham_noise")
+        generate_wham_noise(wham, n_files=(8, 2, 2), min_duration=2.0, max_duration=10.0)
+        noise = WhamNoise(wham, sample_rate=args.sample_rate, split="tr", seed=0)
+        pipeline = {
+            workers: pipeline_clips_per_s(cached, noise, args.batch_size, workers, args.epochs)
+            for workers in (0, 2)
+        }
 
     report = {
         "benchmark": "bench_data_cache",
@@ -82,6 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": args.threads,
         "machine": platform.processor() or platform.machine(),
         "epoch_seconds": results,
+        "pipeline_batch_size": args.batch_size,
+        "pipeline_clips_per_s": {f"num_workers_{w}": v for w, v in pipeline.items()},
     }
     print(f"{n_items} clips of {args.duration} s, {args.source_rate} -> {args.sample_rate} Hz")
     print(f"{'epoch':>5} | {'no cache (s)':>12} | {'cache (s)':>10} | {'ms/clip cached':>14}")
@@ -93,6 +144,11 @@ def main(argv: list[str] | None = None) -> dict:
         base = sum(results["no_cache"][1:]) / (args.epochs - 1)
         report["steady_state_speedup"] = base / steady
         print(f"steady-state speed-up of the cache: {base / steady:.1f}x")
+    for workers, rate in pipeline.items():
+        print(
+            f"pipeline (cached, batch {args.batch_size}, WHAM! mixed), num_workers {workers}: "
+            f"{rate:.0f} clips/s"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
     with open(args.output_json, "w") as f:
         json.dump(report, f, indent=2)

@@ -51,6 +51,15 @@ def test_demo_runs_every_step_and_method(demo_runs):
             metrics = json.loads((a / f"compare/{method}/{setting}/test_metrics.json").read_text())
             assert metrics["n_samples"] == 6.0  # 3 classes x 2 clips of test fold 5
             assert "FF" in metrics and "random_FF" in metrics and "loc_precision" in metrics
+    # the clips shown: one per class (--n_saved_per_class 1), the same ids for every method
+    shown = {
+        method: sorted(p.name for p in (a / f"compare/{method}/clean/interpretations").iterdir())
+        for method in METHODS
+    }
+    classes = {name.split("_true-")[1].split("_pred-")[0] for name in shown["L-MAC"]}
+    assert len(shown["L-MAC"]) == 2 and len(classes) == 2, shown["L-MAC"]
+    ids = {method: [name.split("_true-")[0] for name in names] for method, names in shown.items()}
+    assert all(clips == ids["L-MAC"] for clips in ids.values()), ids  # AMT: other classifiers
     for setting in ("wham", "mixtures", "LJSpeech", "white_noise"):  # the published protocol
         assert (a / f"lmac_eval/{setting}/test_metrics.json").is_file()
     assert list((a / "lmac_single_file").rglob("*.wav"))  # the one-file interpretation

@@ -184,6 +184,7 @@ class InterpreterBrain(DistributedBrainMixin, sb.Brain):
             noise = WhamNoise.from_hparams(self.hparams.__dict__)
         self.noise = noise
         self.saved_count = 0
+        self.saved_per_class: dict[int, int] = {}  # n_saved_per_class: clips saved per class
         self._interpretations_folder: Path | None = None  # where this stage saves (None: not)
         self.metric_accumulator = None
         self.mask_dependence = M.MaskDependence()
@@ -531,28 +532,36 @@ class InterpreterBrain(DistributedBrainMixin, sb.Brain):
         extras: dict,
         truths: dict | None = None,
         extra_wavs: dict | None = None,
+        indices: list[int] | None = None,
     ) -> int:
-        """Save the first ``len(names)`` items: ``<folder>/<name>/{original,interpretation}.wav``
-        (plus ``extra_wavs`` (B, T) each) and ``<name>.png``; the one saving routine of every
-        interpreter and evaluation (test stage, validation, overlap test). Returns the count."""
+        """Save the items ``indices`` (default: the first ``len(names)``), one per name:
+        ``<folder>/<name>/{original,interpretation}.wav`` (plus ``extra_wavs`` (B, T) each) and
+        ``<name>.png``; the one saving routine of every interpreter and evaluation (test stage,
+        validation, overlap test). Returns the count."""
         from audio_interpretability import viz
 
-        n = len(names)
+        rows = list(range(len(names))) if indices is None else list(indices)
+        if len(rows) != len(names):
+            raise ValueError(f"save_interpretations: {len(names)} names for {len(rows)} items")
+        if not rows:
+            return 0
         frontend = self.hparams.frontend
-        wav_int = frontend.invert(torch.expm1(mask[:n] * spec.X[:n]), spec.phase[:n], wavs.shape[1])
-        for i, name in enumerate(names):
+        wav_int = frontend.invert(
+            torch.expm1(mask[rows] * spec.X[rows]), spec.phase[rows], wavs.shape[1]
+        )
+        for j, (i, name) in enumerate(zip(rows, names)):
             viz.save_interpretation(
                 folder,
                 name,
                 wavs[i].float().cpu(),
-                wav_int[i].float().cpu(),
+                wav_int[j].float().cpu(),
                 frontend.sample_rate,
                 self.interpretation_panels(spec.X, mask, extras, i, truths),
                 suptitle=name,
                 hop_samples=frontend.hop_samples,
                 extra_wavs={k: w[i].float().cpu() for k, w in (extra_wavs or {}).items()},
             )
-        return n
+        return len(rows)
 
     def save_batch_interpretations(self, out: Interpretation, batch) -> None:
         """Save WAVs and a PNG for the first ``n_saved_interpretations`` samples of the stage
@@ -562,17 +571,28 @@ class InterpreterBrain(DistributedBrainMixin, sb.Brain):
         budget = int(self.hparams.n_saved_interpretations) - self.saved_count
         if budget <= 0 or not sb.utils.distributed.if_main_process():
             return
-        n = min(budget, out.X.shape[0])
         labels = batch.class_string_encoded.data.view(-1)
+        # (runs trained before the key existed have none: the first clips, as before)
+        has_key = hasattr(self.hparams, "n_saved_per_class")
+        per_class = int(self.hparams.n_saved_per_class or 0) if has_key else 0
+        if per_class > 0:  # clips of several classes: at most per_class of each true class
+            rows = []
+            for i, label in enumerate(labels.tolist()):
+                if len(rows) < budget and self.saved_per_class.get(label, 0) < per_class:
+                    rows.append(i)
+                    self.saved_per_class[label] = self.saved_per_class.get(label, 0) + 1
+        else:
+            rows = list(range(min(budget, out.X.shape[0])))
         preds = out.logits.argmax(dim=-1)
         names = [
             f"{batch.id[i]}_true-{self.class_name(labels[i])}_pred-{self.class_name(preds[i])}"
-            for i in range(n)
+            for i in rows
         ]
         truths = {"ground-truth event bins": out.extras["truth"]} if "truth" in out.extras else {}
         self.saved_count += self.save_interpretations(
-            self._interpretations_folder, names, out.wavs, out.spec, out.mask, out.extras, truths
-        )
+            self._interpretations_folder, names, out.wavs, out.spec, out.mask, out.extras, truths,
+            indices=rows,
+        )  # fmt: skip
 
     # --------------------------------------------------------- stage hooks
     def on_stage_start(self, stage, epoch=None):
@@ -586,6 +606,7 @@ class InterpreterBrain(DistributedBrainMixin, sb.Brain):
         self._interpretations_folder = self.interpretations_folder(stage, epoch)
         if self._interpretations_folder is not None:
             self.saved_count = 0
+            self.saved_per_class = {}
 
     def summarize_stage(self, stage, stage_loss) -> dict:
         """Plain-float summary of the stage: loss and every metric mean (JSON/meta safe)."""

@@ -75,7 +75,7 @@ SIZES = {
         "l2i_train": A("--number_of_epochs 2 --batch_size 8 --lr 0.0025"),
         "piq": A("--K 256"),
         "piq_train": A("--number_of_epochs 2 --batch_size 8 --lr 0.005"),
-        "eval": A("--batch_size 8 --n_saved_interpretations 4"),
+        "eval": A("--batch_size 8 --n_saved_interpretations 4 --n_saved_per_class 1"),
     },
     "tiny": {
         "data": A("--n_classes 3 --clips_per_class_per_fold 2 --duration 1 --sample_rate 16000"),
@@ -94,7 +94,7 @@ SIZES = {
         "l2i_train": A("--number_of_epochs 1 --batch_size 4 --lr 0.0025"),
         "piq": A("--K 16"),
         "piq_train": A("--number_of_epochs 1 --batch_size 4 --lr 0.005"),
-        "eval": A("--batch_size 4 --n_saved_interpretations 2"),
+        "eval": A("--batch_size 4 --n_saved_interpretations 2 --n_saved_per_class 1"),
     },
 }  # fmt: skip
 #: The paper configuration: the YAML defaults for the models and budgets (data: as ``cpu``).
