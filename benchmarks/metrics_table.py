@@ -49,6 +49,21 @@ def cell(metrics: dict, key: str, baselines: tuple) -> str:
     return f"{text} ({' / '.join(others)})" if others else text
 
 
+def markdown(first: str, rows: list[tuple[str, str]]) -> str:
+    """The Markdown table of ``rows``: ``(row name, test_metrics.json path)`` each; ``first``
+    names the first column."""
+    lines = [
+        f"| {first} | clips | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in COLUMNS) + " |",
+    ]
+    for name, path in rows:
+        with open(path, encoding="utf-8") as f:
+            metrics = json.load(f)
+        cells = [cell(metrics, key, baselines) for key, _, baselines in COLUMNS]
+        lines.append(f"| {name} | {int(metrics['n_samples'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def table(folder: str) -> str:
     """The Markdown table of every ``<folder>/*/test_metrics.json``."""
     settings = sorted(
@@ -58,16 +73,9 @@ def table(folder: str) -> str:
     )
     if not settings:
         raise FileNotFoundError(f"no <setting>/test_metrics.json under {folder}; run eval.py first")
-    lines = [
-        "| setting | clips | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in COLUMNS) + " |",
-    ]
-    for name in settings:
-        with open(os.path.join(folder, name, "test_metrics.json"), encoding="utf-8") as f:
-            metrics = json.load(f)
-        cells = [cell(metrics, key, baselines) for key, _, baselines in COLUMNS]
-        lines.append(f"| {name} | {int(metrics['n_samples'])} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown(
+        "setting", [(name, os.path.join(folder, name, "test_metrics.json")) for name in settings]
+    )
 
 
 def methods_table(folder: str, setting: str, order: tuple = ()) -> str:
@@ -85,16 +93,9 @@ def methods_table(folder: str, setting: str, order: tuple = ()) -> str:
             f"no <method>/{setting}/test_metrics.json under {folder}; run the demo (or eval.py) first"
         )
     methods = [m for m in order if m in found] + [m for m in found if m not in order]
-    lines = [
-        "| method | clips | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in COLUMNS) + " |",
-    ]
-    for name in methods:
-        with open(os.path.join(folder, name, setting, "test_metrics.json"), encoding="utf-8") as f:
-            metrics = json.load(f)
-        cells = [cell(metrics, key, baselines) for key, _, baselines in COLUMNS]
-        lines.append(f"| {name} | {int(metrics['n_samples'])} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown(
+        "method", [(m, os.path.join(folder, m, setting, "test_metrics.json")) for m in methods]
+    )
 
 
 def write_block(readme: str, block: str, text: str) -> None:

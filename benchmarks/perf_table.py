@@ -47,7 +47,8 @@ def lmac_rows(data: dict) -> list[dict]:
                 "tflops": r.get("tflops_per_s"),
                 "peak": r.get("fraction_of_peak"),
                 "speedup": speedup if r["impl"] == "ours" else None,
-                "key": (r["impl"], r["stage"], r["precision"], r.get("batch_size")),
+                "impl": r["impl"],
+                "stage": r["stage"],
             }
         )
     return rows
@@ -94,13 +95,12 @@ def table(folder: Path) -> str:
     # ours (any precision) against the fp32 re-implementation at the same stage and batch: the
     # published recipe runs in fp32 by default
     fp32_ref = {
-        (r["key"][1], r["key"][3]): r["s"]
+        (r["stage"], r["batch"]): r["s"]
         for r in rows
-        if r.get("key") and r["key"][0] == "published" and r["key"][2] == "fp32"
+        if r.get("impl") == "published" and r["precision"] == "fp32"
     }
     for r in rows:
-        key = r.get("key")
-        ref = fp32_ref.get((key[1], key[3])) if key and key[0] == "ours" else None
+        ref = fp32_ref.get((r.get("stage"), r["batch"])) if r.get("impl") == "ours" else None
         r["vs_fp32"] = ref / r["s"] if ref else None
     lines = [
         "| what | precision | batch | s/batch | clips/s | peak memory GB | GFLOP/clip | "

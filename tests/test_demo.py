@@ -3,6 +3,7 @@ through the real recipe entry points, the report of every method, and determinis
 command twice (in this process, then through run_demo.sh in a fresh one) writes identical
 ``test_metrics.json`` files."""
 
+import functools
 import importlib.util
 import json
 import subprocess
@@ -14,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("L-MAC", "L2I", "PIQ", "Saliency", "Grad-CAM", "AMT-FocalNet", "AMT-ViT")
 
 
+@functools.cache
 def _demo():
     spec = importlib.util.spec_from_file_location("_run_demo", ROOT / "recipes/ESC50/run_demo.py")
     module = importlib.util.module_from_spec(spec)

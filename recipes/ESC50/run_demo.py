@@ -163,7 +163,8 @@ def steps(out: str, size: str = "cpu", run_options: list[str] | None = None) -> 
     ro = list(run_options or [])
     data, wham, clf = f"{out}/synth10", f"{out}/wham_noise", f"{out}/pretrained"
     cache = ["--cache_folder", f"{out}/audio_cache"]
-    common = ["--data_folder", data, "--out_n_neurons", z["data"][1], *cache, *ro]
+    n_classes = z["data"][z["data"].index("--n_classes") + 1]
+    common = ["--data_folder", data, "--out_n_neurons", n_classes, *cache, *ro]
     noise = ["--add_wham_noise", "True", "--wham_folder", wham]
     cnn14 = ["--pretrained_classifier_folder", f"{clf}/cnn14", *z["cnn14"]]
     lmac = [*cnn14, *z["decoder"]]
