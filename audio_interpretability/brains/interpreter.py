@@ -499,7 +499,7 @@ class InterpreterBrain(DistributedBrainMixin, sb.Brain):
     def class_name(self, index: int) -> str:
         """Class name of an index (the index itself when no label encoder is known)."""
         if self.label_encoder is None:
-            return str(index)
+            return str(int(index))  # int(): a 0-d tensor would print as "tensor(3)"
         return str(self.label_encoder.ind2lab[int(index)])
 
     def interpretations_folder(self, stage, epoch=None) -> Path | None:
