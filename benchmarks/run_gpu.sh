@@ -2,7 +2,8 @@
 # Everything a GPU session should check, in one script (about 8 minutes on one H100 / H200):
 #   1. the test suite on the GPU (tests take the --device option; pytest -x, 5-minute cap)
 #   2. L-MAC (benchmarks/bench_lmac.py: ours and the published step re-implemented, training and
-#      evaluation) and AMT (benchmarks/bench_amt.py: FocalNet-B, ViT-B) at the paper
+#      evaluation) and AMT (benchmarks/bench_amt.py: FocalNet-B, ViT-B, ours and the published
+#      step re-implemented with transformers, default --impls ours,published) at the paper
 #      configuration, fp32 and bf16, batch 2 and 16
 #   3. one table: seconds per batch, clips/s, peak CUDA memory, model FLOPs per clip
 #      (torch.utils.flop_counter) and the fraction of the GPU's dense bf16 peak reached
