@@ -200,8 +200,27 @@ class ShardSampler(Sampler):
         return self.end - self.offset
 
 
+def pin_memory_on_cuda(device: str, loader_kwargs: dict) -> dict:
+    """DataLoader options with ``pin_memory=True`` on a CUDA device (unless the caller set it):
+    batches are then copied to the GPU from page-locked memory.
+
+    Example
+    -------
+    >>> pin_memory_on_cuda("cuda:0", {"batch_size": 2})
+    {'batch_size': 2, 'pin_memory': True}
+    >>> pin_memory_on_cuda("cpu", {"batch_size": 2})
+    {'batch_size': 2}
+    >>> pin_memory_on_cuda("cuda", {"pin_memory": False})
+    {'pin_memory': False}
+    """
+    if torch.device(device).type == "cuda" and "pin_memory" not in loader_kwargs:
+        return dict(loader_kwargs, pin_memory=True)
+    return dict(loader_kwargs)
+
+
 class DistributedBrainMixin:
     """What an ``sb.Brain`` needs to train and evaluate under ``torchrun`` (module docstring).
+    Its DataLoaders also pin memory on CUDA (:func:`pin_memory_on_cuda`).
 
     Put it before ``sb.Brain`` in the bases (``class ClassifierBrain(DistributedBrainMixin,
     sb.Brain)``) and pass the stage loss through :meth:`stage_loss_over_processes` in
@@ -212,7 +231,8 @@ class DistributedBrainMixin:
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
         """As SpeechBrain's; under DDP validation / test sets get a :class:`ShardSampler`
-        (unless the caller gave a sampler)."""
+        (unless the caller gave a sampler); on CUDA ``pin_memory`` is on by default."""
+        loader_kwargs = pin_memory_on_cuda(self.device, loader_kwargs)
         if (
             stage != sb.Stage.TRAIN
             and self.distributed_launch

@@ -272,6 +272,27 @@ def test_shard_sampler_covers_every_index_once():
         ShardSampler(range(3), rank=2, num_replicas=2)
 
 
+def test_dataloaders_pin_memory_on_cuda(tmp_path):
+    """Every Brain's DataLoader pins memory when the Brain runs on CUDA (not on the CPU), unless
+    the YAML's loader options say otherwise. The device is set after construction, since this
+    machine may have no GPU: only the loader options are checked."""
+    from speechbrain.dataio.dataset import DynamicItemDataset
+
+    from audio_interpretability.distributed import DistributedBrainMixin
+
+    class Tiny(DistributedBrainMixin, sb.Brain):
+        pass
+
+    data = DynamicItemDataset({f"c{i}": {"x": float(i)} for i in range(4)})
+    data.set_output_keys(["id", "x"])
+    brain = Tiny(modules={}, run_opts={"device": "cpu"})
+    assert not brain.make_dataloader(data, sb.Stage.TEST, batch_size=2).pin_memory
+    brain.device = "cuda:0"
+    assert brain.make_dataloader(data, sb.Stage.TEST, batch_size=2).pin_memory
+    loader = brain.make_dataloader(data, sb.Stage.TEST, batch_size=2, pin_memory=False)
+    assert not loader.pin_memory
+
+
 def test_gloo_is_chosen_on_the_cpu(monkeypatch):
     opts = sb.parse_arguments(["h.yaml", "--device", "cpu"])[1]
     assert choose_distributed_backend(opts) is opts  # not under torchrun
