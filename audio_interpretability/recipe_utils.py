@@ -23,7 +23,12 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.train_logger import TrainLogger
 
 from audio_interpretability.data.esc50 import dataio_prep, prepare_esc50
-from audio_interpretability.data.wham import WHAM_SPLITS, check_wham_args, resolve_wham_folder
+from audio_interpretability.data.wham import (
+    WHAM_SPLITS,
+    check_wham_args,
+    resolve_wham_folder,
+    wham_noise_in_workers,
+)
 from audio_interpretability.distributed import choose_distributed_backend
 
 logger = logging.getLogger(__name__)
@@ -61,8 +66,9 @@ def load_recipe(argv=None, create_experiment: bool = True) -> tuple[dict, dict]:
 
     Also initialises DDP when asked (``torchrun``), sets the CPU thread count
     (``num_threads``, 0 = torch's default), fails early when WHAM! noise is asked for without a
-    usable ``wham_folder``, and creates the experiment folder (``output_folder``: a copy of the
-    hparams with the overrides, logs). ``--device cuda`` without a GPU and an output folder
+    usable ``wham_folder`` or with a ``wham_noise_in_workers`` other than True / False, and
+    creates the experiment folder (``output_folder``: a copy of the hparams with the overrides,
+    logs). ``--device cuda`` without a GPU and an output folder
     that cannot be written fail here, with the fix.
 
     Arguments
@@ -113,6 +119,7 @@ def load_recipe(argv=None, create_experiment: bool = True) -> tuple[dict, dict]:
     if hparams["num_threads"]:
         torch.set_num_threads(hparams["num_threads"])
     check_wham_args(hparams["add_wham_noise"], hparams["wham_folder"])
+    wham_noise_in_workers(hparams)  # True / False, checked before any work
     check_published_keys(hparams, yaml_fixed_defaults(text))
     if create_experiment:
         sb.create_experiment_directory(

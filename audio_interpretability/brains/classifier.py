@@ -41,7 +41,13 @@ import torch
 from speechbrain.nnet.schedulers import CyclicLRScheduler, ReduceLROnPlateau
 
 from audio_interpretability.checkpointing import apply_umask, register_random_states
-from audio_interpretability.data.wham import WhamNoise, mix_at_snr
+from audio_interpretability.data.wham import (
+    NOISE_KEY,
+    WhamNoise,
+    add_clip_noise,
+    mix_at_snr,
+    wham_noise_in_workers,
+)
 from audio_interpretability.distributed import DistributedBrainMixin, all_reduce_sum
 from audio_interpretability.models.base import ClassifierOutput
 
@@ -217,7 +223,9 @@ class ClassifierBrain(DistributedBrainMixin, sb.Brain):
 
     Expects ``modules`` with ``frontend`` (:class:`~audio_interpretability.features.Frontend`)
     and ``model`` (``AudioClassifier``), and the hparams ``out_n_neurons``, ``add_wham_noise``,
-    ``wham_folder``, ``wham_snr_db``, ``sample_rate``, ``seed``, ``wav_augment``,
+    ``wham_folder``, ``wham_snr_db``, ``wham_noise_in_workers`` (absent: False; True: the
+    training noise is drawn per clip in the DataLoader workers, see :meth:`make_dataloader`),
+    ``sample_rate``, ``seed``, ``wav_augment``,
     ``compute_cost``, ``lr_annealing``, ``epoch_counter``, ``train_logger``,
     ``test_metrics_file`` and ``confusion_matrix_file`` (see ``hparams/classifier_*.yaml``).
 
@@ -261,15 +269,38 @@ class ClassifierBrain(DistributedBrainMixin, sb.Brain):
         # Created once: its private RNG keeps drawing new crops batch after batch (seeded per
         # DDP process, so that processes do not draw the same crops).
         self.wham = WhamNoise.from_hparams(self.hparams.__dict__, split="tr")
+        self.noise_in_workers = wham_noise_in_workers(self.hparams.__dict__)
+        self.clip_noise = None  # the training set's per-clip noise item (make_dataloader)
         self.confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
         self.train_stats: dict = {}
 
     # ----------------------------------------------------------------------------------------
     # Forward and loss
     # ----------------------------------------------------------------------------------------
-    def add_noise(self, wavs: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        """Mix fresh WHAM! noise into (B, T) ``wavs`` at ``wham_snr_db`` (padding stays silent)."""
-        noise = self.wham.sample(wavs.shape[0], wavs.shape[1]).to(wavs.device)  # (B, T)
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """As SpeechBrain's; with ``wham_noise_in_workers`` and WHAM! noise, the training set
+        first gets each clip's noise as the dynamic item ``noise_sig``
+        (:func:`~audio_interpretability.data.wham.add_clip_noise`: drawn in the DataLoader
+        workers, seeded by (seed, epoch, clip id); the epoch is set in :meth:`on_stage_start`).
+        """
+        if (
+            stage == sb.Stage.TRAIN
+            and self.wham is not None
+            and self.noise_in_workers
+            and hasattr(dataset, "add_dynamic_item")
+        ):
+            self.clip_noise = add_clip_noise(dataset, self.wham, loader_kwargs)
+        return super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
+
+    def add_noise(
+        self, wavs: torch.Tensor, lens: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mix WHAM! noise into (B, T) ``wavs`` at ``wham_snr_db`` (padding stays silent):
+        ``noise`` (B, T) when given (the batch's ``noise_sig``), else a fresh draw of the
+        noise source's generator."""
+        if noise is None:
+            noise = self.wham.sample(wavs.shape[0], wavs.shape[1])  # (B, T)
+        noise = noise.to(wavs.device)
         positions = torch.arange(wavs.shape[1], device=wavs.device)  # (T,)
         valid = positions[None, :] < (lens[:, None] * wavs.shape[1]).round()  # (B, T)
         return mix_at_snr(wavs, noise * valid, snr_db=self.hparams.wham_snr_db)
@@ -280,7 +311,8 @@ class ClassifierBrain(DistributedBrainMixin, sb.Brain):
         wavs, lens = batch.sig  # (B, T), (B,)
         if stage == sb.Stage.TRAIN:
             if self.wham is not None:
-                wavs = self.add_noise(wavs, lens)
+                noise = getattr(batch, NOISE_KEY).data if hasattr(batch, NOISE_KEY) else None
+                wavs = self.add_noise(wavs, lens, noise)
             wavs, lens = self.hparams.wav_augment(wavs, lens)  # (B', T)
         spec = self.modules.frontend(wavs)
         return self.modules.model(spec.X)
@@ -315,8 +347,11 @@ class ClassifierBrain(DistributedBrainMixin, sb.Brain):
         super().on_fit_start()
 
     def on_stage_start(self, stage, epoch=None) -> None:
-        """Reset the confusion matrix."""
+        """Reset the confusion matrix; in TRAIN, give the training set's per-clip noise its
+        epoch (before ``fit`` creates the epoch's DataLoader iterator, hence its workers)."""
         self.confusion.zero_()
+        if stage == sb.Stage.TRAIN and self.clip_noise is not None and epoch is not None:
+            self.clip_noise.set_epoch(epoch)
 
     def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
         """Log loss / error / accuracy; anneal the lr (plateau) and checkpoint after validation;

@@ -30,6 +30,7 @@ import speechbrain as sb
 import torch
 
 from audio_interpretability import metrics as M
+from audio_interpretability.data.wham import NOISE_KEY, add_clip_noise, wham_noise_in_workers
 from audio_interpretability.distributed import DistributedBrainMixin
 from audio_interpretability.features import Spectrogram
 from audio_interpretability.models.base import ClassifierOutput
@@ -107,6 +108,8 @@ class InterpreterBrain(DistributedBrainMixin, sb.Brain):
     ``classifier_model_path`` (checkpoints of the classifier; ``null`` keeps the weights as
     built, with a warning), ``output_folder``, ``save_interpretations`` (bool),
     ``n_saved_interpretations`` (int), ``add_wham_noise``, ``wham_folder``, ``wham_snr_db``,
+    ``wham_noise_in_workers`` (training noise drawn per clip in the DataLoader workers, see
+    :meth:`make_dataloader`; absent: False),
     ``random_baseline`` (also score two chance baselines outside training: a random mask of
     the same values, ``random_*`` keys, and another clip's mask, ``swap_*`` keys), ``loc_threshold``
     (binarisation threshold of the mask for localisation), and ``seed``.
@@ -183,6 +186,8 @@ class InterpreterBrain(DistributedBrainMixin, sb.Brain):
 
             noise = WhamNoise.from_hparams(self.hparams.__dict__)
         self.noise = noise
+        self.noise_in_workers = wham_noise_in_workers(self.hparams.__dict__)
+        self.clip_noise = None  # the training set's per-clip noise item (make_dataloader)
         self.saved_count = 0
         self.saved_per_class: dict[int, int] = {}  # n_saved_per_class: clips saved per class
         self._interpretations_folder: Path | None = None  # where this stage saves (None: not)
@@ -226,6 +231,21 @@ class InterpreterBrain(DistributedBrainMixin, sb.Brain):
             yield self
         finally:
             self.noise = saved
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """As SpeechBrain's; with ``wham_noise_in_workers`` and a noise source, the training
+        set first gets each clip's WHAM! noise as the dynamic item ``noise_sig``
+        (:func:`~audio_interpretability.data.wham.add_clip_noise`), drawn where the dataset is
+        read (the DataLoader workers) and seeded by (seed, epoch, clip id); the epoch is set
+        in :meth:`on_stage_start`. Validation and test sets keep the forward-pass draws."""
+        if (
+            stage == sb.Stage.TRAIN
+            and self.noise is not None
+            and self.noise_in_workers
+            and hasattr(dataset, "add_dynamic_item")
+        ):
+            self.clip_noise = add_clip_noise(dataset, self.noise, loader_kwargs)
+        return super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
 
     # --------------------------------------------------------- published API
     def preprocess(self, wavs: torch.Tensor) -> Spectrogram:
@@ -315,6 +335,12 @@ class InterpreterBrain(DistributedBrainMixin, sb.Brain):
     def prepare_wavs(self, batch, stage: sb.Stage):
         """Waveforms of the batch, mixed with the brain's noise source (:attr:`noise`) if any.
 
+        The noise is the batch's ``noise_sig`` when it has one (the training set with
+        ``wham_noise_in_workers``: drawn per clip in the DataLoader workers), else a draw of
+        the source's generator (:meth:`~audio_interpretability.data.wham.WhamNoise.sample`).
+        Either way it is mixed at ``wham_snr_db`` by
+        :func:`~audio_interpretability.data.wham.mix_at_snr`.
+
         Returns
         -------
         wavs : torch.Tensor
@@ -329,7 +355,15 @@ class InterpreterBrain(DistributedBrainMixin, sb.Brain):
         wavs = batch.sig.data.to(self.device)
         if self.noise is None:
             return wavs, None, None
-        noise = self.noise.sample(wavs.shape[0], wavs.shape[1]).to(self.device)
+        if hasattr(batch, NOISE_KEY):
+            noise = getattr(batch, NOISE_KEY).data.to(self.device)  # (B, T)
+            if noise.shape != wavs.shape:
+                raise ValueError(
+                    f"the batch's {NOISE_KEY} is {tuple(noise.shape)} but its sig is "
+                    f"{tuple(wavs.shape)}; draw each clip's noise at the clip's length"
+                )
+        else:
+            noise = self.noise.sample(wavs.shape[0], wavs.shape[1]).to(self.device)
         snr = float(self.hparams.wham_snr_db)
         mixture, clean_part, noise_part = mix_at_snr(wavs, noise, snr_db=snr, return_parts=True)
         gain = clean_part.norm(dim=1) / wavs.norm(dim=1).clamp_min(1e-12)
@@ -596,8 +630,12 @@ class InterpreterBrain(DistributedBrainMixin, sb.Brain):
 
     # --------------------------------------------------------- stage hooks
     def on_stage_start(self, stage, epoch=None):
-        """Reset metric bookkeeping; make sure the frozen classifier stays in eval mode."""
+        """Reset metric bookkeeping; make sure the frozen classifier stays in eval mode; in
+        TRAIN, give the training set's per-clip noise its epoch (before ``fit`` creates the
+        epoch's DataLoader iterator, hence its workers)."""
         self.hparams.model.eval()
+        if stage == sb.Stage.TRAIN and self.clip_noise is not None and epoch is not None:
+            self.clip_noise.set_epoch(epoch)
         if stage != sb.Stage.TRAIN:
             self.metric_accumulator = M.MetricAccumulator()
             self.mask_dependence = M.MaskDependence()

@@ -7,6 +7,13 @@ to mono, resamples when needed, draws random files and random crops with its own
 reproducible), and zero-pads files shorter than the requested length. :func:`mix_at_snr` mixes
 with energy normalisation and then peak-normalises the mixture.
 
+Training noise can instead be drawn per clip in the DataLoader workers
+(``wham_noise_in_workers: True``): :meth:`WhamNoise.sample_for` draws the crop of one clip from
+a fresh generator seeded by :func:`clip_noise_seed` ``(seed, epoch, clip id)`` (a stable hash),
+so the noise a clip gets in an epoch is the same in any process, worker, worker count, batch
+order, resumed run or DDP rank. :class:`ClipNoise` is that draw as a dataset's dynamic item
+(``noise_sig``), :func:`add_clip_noise` adds it to a training set.
+
 Authors
 * audio_interpretability contributors
 """
@@ -14,6 +21,7 @@ Authors
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import math
 import os
@@ -32,6 +40,53 @@ logger = logging.getLogger(__name__)
 
 WHAM_SPLITS = ("tr", "cv", "tt")
 _LAYOUT = "wham_noise/{tr,cv,tt}/*.wav"
+#: The dynamic item of a training set that holds each clip's WHAM! noise (see ClipNoise).
+NOISE_KEY = "noise_sig"
+
+
+def clip_noise_seed(seed: int, epoch: int, key: str) -> int:
+    """Seed of the noise of clip ``key`` in ``epoch``: a stable hash of the three.
+
+    BLAKE2b of ``"<seed>:<epoch>:<key>"``, 63 bits: the same in every process and Python
+    session (Python's ``hash()`` of a string is salted per process, so it is not used).
+
+    Example
+    -------
+    >>> clip_noise_seed(1234, 1, "1-100032-A-0")
+    2839534929663015950
+    >>> clip_noise_seed(1234, 2, "1-100032-A-0") != clip_noise_seed(1234, 1, "1-100032-A-0")
+    True
+    """
+    text = f"{int(seed)}:{int(epoch)}:{key}".encode()
+    digest = hashlib.blake2b(text, digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def wham_noise_in_workers(hparams: dict) -> bool:
+    """The ``wham_noise_in_workers`` switch of a YAML, checked (absent: False, the old path).
+
+    Raises
+    ------
+    ValueError
+        The value is not True or False.
+
+    Example
+    -------
+    >>> wham_noise_in_workers({"wham_noise_in_workers": True})
+    True
+    >>> wham_noise_in_workers({"wham_noise_in_workers": "yes"})
+    Traceback (most recent call last):
+      ...
+    ValueError: wham_noise_in_workers must be True or False, got 'yes'; pass --wham_noise_in_workers True (training noise drawn per clip in the DataLoader workers) or False (drawn in the forward pass, as before)
+    """
+    value = hparams.get("wham_noise_in_workers", False)
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"wham_noise_in_workers must be True or False, got {value!r}; pass "
+            "--wham_noise_in_workers True (training noise drawn per clip in the DataLoader "
+            "workers) or False (drawn in the forward pass, as before)"
+        )
+    return value
 
 
 def resolve_wham_folder(wham_folder: str) -> str:
@@ -110,6 +165,9 @@ class WhamNoise:
         "tr", "cv" or "tt".
     seed : int
         Seed of the private ``torch.Generator`` (the global RNG is never touched).
+    item_seed : int, optional
+        Seed of the per-clip draws (:meth:`sample_for`); default ``seed``. The recipes pass
+        the YAML's ``seed`` (without the DDP rank: every process draws a clip's same noise).
     max_cache_mb : float
         Decoded files are kept in memory when the whole split fits in this many MiB of
         float32; otherwise each crop is read from disk (only the needed frames).
@@ -123,6 +181,8 @@ class WhamNoise:
     >>> noise = WhamNoise(root, sample_rate=8000, split="tr", seed=0)
     >>> noise.sample(3, 4000).shape
     torch.Size([3, 4000])
+    >>> torch.equal(noise.sample_for("clip-1", 1, 4000), noise.sample_for("clip-1", 1, 4000))
+    True
     """
 
     def __init__(
@@ -132,6 +192,7 @@ class WhamNoise:
         split: str = "tr",
         seed: int = 0,
         max_cache_mb: float = 512.0,
+        item_seed: int | None = None,
     ):
         if split not in WHAM_SPLITS:
             raise ValueError(f"split must be one of {WHAM_SPLITS}, got {split!r}")
@@ -144,6 +205,7 @@ class WhamNoise:
             )
         self.sample_rate = sample_rate
         self.seed = int(seed)
+        self.item_seed = self.seed if item_seed is None else int(item_seed)
         self.generator = torch.Generator().manual_seed(self.seed)
         # headers checked now (missing, corrupt, empty, truncated: named errors before any
         # work); NaN / Inf samples when a file is first read (read_audio / read_audio_segment)
@@ -168,7 +230,8 @@ class WhamNoise:
         Reads ``add_wham_noise`` (unless ``enabled`` is given), ``wham_folder`` (checked
         first, with the fix in the error), ``wham_split`` (unless ``split`` is given, e.g. the
         test split), ``seed`` (plus the DDP rank, so that processes draw different crops) and
-        the front-end's ``sample_rate`` (``frontend``, else ``sample_rate``).
+        the front-end's ``sample_rate`` (``frontend``, else ``sample_rate``). The per-clip
+        draws (:meth:`sample_for`) are seeded by ``seed`` alone, the same in every process.
         """
         from speechbrain.utils.distributed import get_rank
 
@@ -183,6 +246,7 @@ class WhamNoise:
             sample_rate=int(sample_rate),
             split=split or hparams["wham_split"],
             seed=int(hparams["seed"]) + (get_rank() or 0),
+            item_seed=int(hparams["seed"]),
         )
 
     def reset(self) -> None:
@@ -257,6 +321,121 @@ class WhamNoise:
             crop = self._read(index, start, length)
             out[row, : crop.numel()] = crop
         return out
+
+    def sample_for(self, key: str, epoch: int, length: int) -> torch.Tensor:
+        """The noise crop of clip ``key`` in ``epoch``: ``length`` samples of a file and offset
+        drawn from a fresh generator seeded by :func:`clip_noise_seed` ``(item_seed, epoch,
+        key)``.
+
+        Deterministic: the same in any process, DataLoader worker, batch order, resumed run
+        or DDP rank; the private generator of :meth:`sample` is neither read nor advanced.
+        Files shorter than ``length`` are zero-padded at the end.
+
+        Returns
+        -------
+        torch.Tensor
+            (length,) float32 mono noise.
+        """
+        generator = torch.Generator().manual_seed(clip_noise_seed(self.item_seed, epoch, key))
+        index = int(torch.randint(len(self.files), (1,), generator=generator))
+        available = self._n_samples(index)
+        start = 0
+        if available > length:
+            start = int(torch.randint(available - length + 1, (1,), generator=generator))
+        out = torch.zeros(length)
+        crop = self._read(index, start, length)
+        out[: crop.numel()] = crop
+        return out
+
+
+class ClipNoise:
+    """Each clip's WHAM! noise as a dataset's dynamic item (``id``, ``sig`` -> ``noise_sig``).
+
+    The item is computed where the dataset is read: in the DataLoader workers when
+    ``num_workers > 0``. The epoch is set by the Brain in ``on_stage_start(TRAIN, epoch)``,
+    which SpeechBrain's ``fit`` calls before it creates the epoch's DataLoader iterator, so
+    workers (forked, or pickled, at that point) read the epoch being trained.
+    Persistent workers would keep the epoch they were started with: :func:`add_clip_noise`
+    refuses them.
+
+    Arguments
+    ---------
+    noise : WhamNoise
+        The noise source (its :meth:`WhamNoise.sample_for`).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from audio_interpretability.data.synthetic import generate_wham_noise
+    >>> root = tempfile.mkdtemp()
+    >>> generate_wham_noise(root, n_files=(2, 1, 1), min_duration=0.5, max_duration=1.0)
+    >>> clip_noise = ClipNoise(WhamNoise(root, sample_rate=8000))
+    >>> clip_noise.set_epoch(3)
+    >>> clip_noise("clip-1", torch.zeros(4000)).shape
+    torch.Size([4000])
+    """
+
+    def __init__(self, noise: WhamNoise):
+        self.noise = noise
+        self.epoch: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose noise the next DataLoader iterator draws."""
+        self.epoch = int(epoch)
+
+    def __call__(self, key: str, sig: torch.Tensor) -> torch.Tensor:
+        if self.epoch is None:
+            raise RuntimeError(
+                "the WHAM! noise of the training clips was read before its epoch was set; "
+                "train through Brain.fit (its on_stage_start sets it), or call "
+                "ClipNoise.set_epoch(epoch) before iterating the training set"
+            )
+        return self.noise.sample_for(key, self.epoch, sig.shape[-1])
+
+
+def add_clip_noise(dataset, noise: WhamNoise, loader_kwargs: dict | None = None) -> ClipNoise:
+    """Add each clip's WHAM! noise (:class:`ClipNoise`, key ``noise_sig``) to a training set.
+
+    Idempotent: a dataset that already has it keeps its :class:`ClipNoise`, whose source
+    becomes ``noise``.
+
+    Arguments
+    ---------
+    dataset : speechbrain.dataio.dataset.DynamicItemDataset
+        The training set (it must provide ``id`` and ``sig``); changed in place.
+    noise : WhamNoise
+        The noise source.
+    loader_kwargs : dict, optional
+        The DataLoader options of the training set, checked.
+
+    Returns
+    -------
+    ClipNoise
+        The dynamic item; set its epoch before each epoch's iterator is created.
+
+    Raises
+    ------
+    ValueError
+        ``persistent_workers`` is set with ``num_workers > 0`` (workers started in the first
+        epoch would draw the first epoch's noise forever).
+    """
+    loader_kwargs = loader_kwargs or {}
+    if loader_kwargs.get("persistent_workers") and int(loader_kwargs.get("num_workers", 0)) > 0:
+        raise ValueError(
+            "wham_noise_in_workers is True but the training DataLoader has persistent_workers: "
+            "True; workers started in the first epoch would draw that epoch's WHAM! noise in "
+            "every epoch. Set persistent_workers: False in dataloader_options, or pass "
+            "--wham_noise_in_workers False (noise drawn in the forward pass)"
+        )
+    existing = getattr(dataset, "clip_noise", None)
+    if isinstance(existing, ClipNoise):
+        existing.noise = noise
+        return existing
+    clip_noise = ClipNoise(noise)
+    dataset.add_dynamic_item(clip_noise, takes=["id", "sig"], provides=NOISE_KEY)
+    dataset.set_output_keys(dict(dataset.pipeline.output_mapping, **{NOISE_KEY: NOISE_KEY}))
+    dataset.clip_noise = clip_noise
+    return clip_noise
 
 
 def mix_at_snr(
