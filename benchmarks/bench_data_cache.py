@@ -8,9 +8,10 @@ without cache (decode + downmix + resample 44.1 -> 16 kHz each time) and once wi
 
 Then the data pipeline alone as training sees it (issue 13: does loading starve the model?):
 the cached train split through SpeechBrain's DataLoader (``PaddedBatch``, batch
-``--batch_size``, shuffled) with ``num_workers`` 0 and 2 (``pin_memory`` on CUDA), each batch
-mixed with WHAM! noise at 0 dB as the recipes do in the forward pass (``WhamNoise.sample`` +
-``mix_at_snr``), in clips/s, to set against the model's clips/s in bench_lmac.py.
+``--batch_size``, shuffled) with ``num_workers`` 0 and 2 (``pin_memory`` on CUDA), each clip
+with its WHAM! noise drawn in the workers (``noise_sig``, ``wham_noise_in_workers: True``, the
+training default) or, for comparison, drawn in the main process (``WhamNoise.sample``, the
+older path), mixed at 0 dB (``mix_at_snr``), in clips/s, to set against the model's clips/s in bench_lmac.py.
 
 Usage::
 
@@ -43,13 +44,21 @@ def epoch_seconds(dataset) -> float:
     return time.perf_counter() - start
 
 
-def pipeline_clips_per_s(dataset, noise, batch_size: int, workers: int, epochs: int) -> float:
-    """Clips/s of loading + WHAM! mixing over ``epochs`` passes (after one warm-up pass)."""
+def pipeline_clips_per_s(
+    dataset, noise, batch_size: int, workers: int, epochs: int, in_workers: bool
+) -> float:
+    """Clips/s of loading + WHAM! mixing over ``epochs`` passes (after one warm-up pass).
+
+    ``in_workers``: the training default (``wham_noise_in_workers: True``), each clip's noise
+    is the dataset's ``noise_sig`` item, drawn in the workers for (seed, epoch, clip id); else
+    the batch's noise is drawn in the main process, as the forward pass did before.
+    """
     from speechbrain.dataio.batch import PaddedBatch
     from torch.utils.data import DataLoader
 
-    from audio_interpretability.data.wham import mix_at_snr
+    from audio_interpretability.data.wham import add_clip_noise, mix_at_snr
 
+    clip_noise = add_clip_noise(dataset, noise) if in_workers else None
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -57,21 +66,26 @@ def pipeline_clips_per_s(dataset, noise, batch_size: int, workers: int, epochs: 
         num_workers=workers,
         collate_fn=PaddedBatch,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(0),
     )
 
-    def one_pass() -> int:
+    def one_pass(epoch: int) -> int:
+        if clip_noise is not None:
+            clip_noise.set_epoch(epoch)  # as the Brain's on_stage_start(TRAIN, epoch) does
         n = 0
         for batch in loader:
             wavs, _ = batch.sig
-            mix_at_snr(wavs, noise.sample(wavs.shape[0], wavs.shape[1]), 0.0)
+            if clip_noise is not None:
+                clip = batch.noise_sig.data
+            else:
+                clip = noise.sample(wavs.shape[0], wavs.shape[1])
+            mix_at_snr(wavs, clip, 0.0)
             n += wavs.shape[0]
         return n
 
-    one_pass()  # warm-up: workers started, page cache filled
+    one_pass(0)  # warm-up: page cache filled
     start = time.perf_counter()
-    clips = sum(one_pass() for _ in range(epochs))
+    clips = sum(one_pass(epoch) for epoch in range(1, epochs + 1))
     return clips / (time.perf_counter() - start)
 
 
@@ -117,10 +131,15 @@ def main(argv: list[str] | None = None) -> dict:
         wham = os.path.join(root, "wham_noise")
         generate_wham_noise(wham, n_files=(8, 2, 2), min_duration=2.0, max_duration=10.0)
         noise = WhamNoise(wham, sample_rate=args.sample_rate, split="tr", seed=0)
-        pipeline = {
-            workers: pipeline_clips_per_s(cached, noise, args.batch_size, workers, args.epochs)
-            for workers in (0, 2)
-        }
+        pipeline = {}
+        for in_workers in (True, False):
+            for workers in (0, 2):
+                data_set = dataio_prep(
+                    annotations, args.sample_rate, encoder, os.path.join(root, "c")
+                )["train"]  # a fresh copy: add_clip_noise changes the dataset in place
+                pipeline[(in_workers, workers)] = pipeline_clips_per_s(
+                    data_set, noise, args.batch_size, workers, args.epochs, in_workers
+                )
 
     report = {
         "benchmark": "bench_data_cache",
@@ -132,7 +151,12 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": platform.processor() or platform.machine(),
         "epoch_seconds": results,
         "pipeline_batch_size": args.batch_size,
-        "pipeline_clips_per_s": {f"num_workers_{w}": v for w, v in pipeline.items()},
+        "pipeline_clips_per_s": {
+            f"num_workers_{w}": v for (in_workers, w), v in pipeline.items() if in_workers
+        },
+        "pipeline_clips_per_s_noise_in_main_process": {
+            f"num_workers_{w}": v for (in_workers, w), v in pipeline.items() if not in_workers
+        },
     }
     print(f"{n_items} clips of {args.duration} s, {args.source_rate} -> {args.sample_rate} Hz")
     print(f"{'epoch':>5} | {'no cache (s)':>12} | {'cache (s)':>10} | {'ms/clip cached':>14}")
@@ -144,10 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
         base = sum(results["no_cache"][1:]) / (args.epochs - 1)
         report["steady_state_speedup"] = base / steady
         print(f"steady-state speed-up of the cache: {base / steady:.1f}x")
-    for workers, rate in pipeline.items():
+    for (in_workers, workers), rate in pipeline.items():
+        where = "in the workers" if in_workers else "in the main process"
         print(
-            f"pipeline (cached, batch {args.batch_size}, WHAM! mixed), num_workers {workers}: "
-            f"{rate:.0f} clips/s"
+            f"pipeline (cached, batch {args.batch_size}, WHAM! drawn {where} and mixed), "
+            f"num_workers {workers}: {rate:.0f} clips/s"
         )
     os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
     with open(args.output_json, "w") as f:

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Every CPU row of README's performance table, in one script (about 35 minutes on a 2-core CPU
+# with nothing else running; each configuration in its own process, 2 torch threads, fp32):
+#   1. L-MAC (benchmarks/bench_lmac.py): ours and the published step re-implemented with
+#      SpeechBrain's modules, training and evaluation, batch 2 (median of 3 after 1 warm-up);
+#      ours with optimizer_in_backward (training peak RSS)
+#   2. AMT (benchmarks/bench_amt.py): FocalNet-B and ViT-B, ours and the published step
+#      re-implemented with transformers, batch 2 (median of 3) and 16 (1 batch)
+#   3. the data pipeline alone (benchmarks/bench_data_cache.py), 0 and 2 workers
+#   4. L-MAC at batch 16 (one timed batch per configuration, no warm-up: about 15 minutes)
+#   5. the table (benchmarks/perf_table.py), also written to OUT/table.md
+# bf16 is not run: on a CPU without bf16 arithmetic (no AVX-512 BF16 / AMX) it is emulated and
+# a training step takes minutes (BF16=1 runs it anyway, batch 2).
+#
+# Usage: bash benchmarks/run_cpu.sh [OUTPUT_FOLDER]   (default results/bench_cpu)
+#   SKIP_B16=1 skips step 4; BF16=1 adds the bf16 L-MAC rows at batch 2.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-results/bench_cpu}
+mkdir -p "$OUT"
+THREADS=${THREADS:-2}
+
+echo "== L-MAC fp32 batch 2 (ours + published re-implementation, train + eval)"
+python benchmarks/bench_lmac.py "$OUT/lmac_fp32_b2.json" --threads "$THREADS"
+echo "== L-MAC fp32 batch 2, ours with optimizer_in_backward"
+python benchmarks/bench_lmac.py "$OUT/lmac_fp32_b2_oib.json" --impls ours --stages train \
+    --threads "$THREADS" --ours_overrides '{"optimizer_in_backward": true, "max_grad_norm": 0}'
+echo "== AMT fp32 batch 2 (ours + published re-implementation)"
+python benchmarks/bench_amt.py "$OUT/amt_fp32_b2.json" --threads "$THREADS"
+echo "== AMT fp32 batch 16 (1 timed batch after 1 warm-up)"
+python benchmarks/bench_amt.py "$OUT/amt_fp32_b16.json" --threads "$THREADS" --batch_size 16 \
+    --iters 1 --warmup 1
+echo "== data pipeline (0 and 2 workers)"
+python benchmarks/bench_data_cache.py "$OUT/data_pipeline.json" --n_classes 10 \
+    --clips_per_class_per_fold 8 --epochs 2 --threads "$THREADS"
+if [ "${SKIP_B16:-0}" != 1 ]; then
+    echo "== L-MAC fp32 batch 16 (1 timed batch each)"
+    python benchmarks/bench_lmac.py "$OUT/lmac_fp32_b16.json" --threads "$THREADS" \
+        --batch_size 16 --iters 1 --warmup 0 --flops 0
+fi
+if [ "${BF16:-0}" = 1 ]; then
+    echo "== L-MAC bf16 batch 2"
+    python benchmarks/bench_lmac.py "$OUT/lmac_bf16_b2.json" --threads "$THREADS" \
+        --precision bf16 --iters 1 --warmup 0
+fi
+python benchmarks/perf_table.py "$OUT" | tee "$OUT/table.md"
