@@ -16,6 +16,7 @@ re-implementation existed (no ``published_reimpl_s_median``) gives ours without 
 Usage::
 
     python benchmarks/perf_table.py results/gpu        # after benchmarks/run_gpu.sh
+    python benchmarks/perf_table.py results/bench14 --readme README.md --block perf
 """
 
 from __future__ import annotations
@@ -145,7 +146,27 @@ def table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def main(argv=None) -> str:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("folder", help="folder of bench_lmac.py / bench_amt.py JSON files")
+    parser.add_argument("--readme", help="write the table into this Markdown file ...")
+    parser.add_argument(
+        "--block", help="... between <!-- table:BLOCK --> and <!-- /table:BLOCK -->"
+    )
+    args = parser.parse_args(argv)
+    if bool(args.readme) != bool(args.block):
+        parser.error("--readme and --block go together")
+    text = table(Path(args.folder))
+    if args.readme:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from metrics_table import write_block
+
+        write_block(args.readme, args.block, text)
+    print(text)
+    return text
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit(__doc__)
-    print(table(Path(sys.argv[1])))
+    main()

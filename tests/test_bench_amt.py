@@ -129,6 +129,14 @@ def test_main_writes_both_implementations_and_perf_table_rows(tmp_path, device):
     assert reimpl[3] == f"{entry['published_reimpl_s_median']:.3f}"
     assert reimpl[9] == ""
 
+    # --readme / --block: the same table replaces the README's block, the rest is kept
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- table:perf -->\nold\n<!-- /table:perf -->\nend\n")
+    perf_table.main([str(tmp_path), "--readme", str(readme), "--block", "perf"])
+    assert readme.read_text() == (
+        f"intro\n<!-- table:perf -->\n{table}\n<!-- /table:perf -->\nend\n"
+    )
+
 
 def test_impls_flag_runs_one_implementation(tmp_path, device):
     out = tmp_path / "amt.json"
