@@ -53,12 +53,9 @@ from speechbrain.processing.NMF import spectral_phase
 from speechbrain.utils.Accuracy import Accuracy
 from speechbrain.utils.autocast import AMPConfig, TorchAutocast
 from speechbrain.utils.metric_stats import MetricStats
-from speechbrain.utils.train_logger import FileTrainLogger
 
 from audio_interpretability import metrics as M
 from audio_interpretability.brains.amt import InterpreterESC50Brain
-from audio_interpretability.features import Frontend
-from audio_interpretability.models import AudioClassifier, CosineHead
 from audio_interpretability.models.focalnet import FOCALNET_CONFIGS, FocalNet
 from audio_interpretability.models.vit import VIT_CONFIGS, ViT
 
@@ -361,28 +358,17 @@ def build_brain(model: str, args, folder: str) -> InterpreterESC50Brain:
     if getattr(args, "config", "paper") == "tiny":
         make_backbone = TINY_MODELS[model]
     backbone = make_backbone()
-    hparams = {
-        "frontend": Frontend(sample_rate=args.sample_rate),
-        "model": AudioClassifier(backbone, CosineHead(backbone.embedding_dim, args.n_classes)),
-        "embedding_model_path": None,
-        "classifier_model_path": None,
-        "output_folder": folder,
-        "seed": 0,
-        "save_interpretations": False,
-        "n_saved_interpretations": 0,
-        "add_wham_noise": False,
-        "wham_folder": None,
-        "wham_split": "tt",
-        "wham_snr_db": 0.0,
-        "random_baseline": args.random_baseline,
-        "loc_threshold": 0.5,
-        "train_logger": FileTrainLogger(os.path.join(folder, "log.txt")),
-        "quantile": 0.9,
-        "saliency_options": saliency_options,
-    }
     run_opts = {"device": args.device, "precision": args.precision}
     run_opts["eval_precision"] = args.precision
-    return InterpreterESC50Brain(modules={}, hparams=hparams, run_opts=run_opts)
+    return InterpreterESC50Brain.from_backbone(
+        backbone,
+        args.n_classes,
+        folder,
+        saliency_options=saliency_options,
+        random_baseline=args.random_baseline,
+        sample_rate=args.sample_rate,
+        run_opts=run_opts,
+    )
 
 
 def make_batch(args) -> PaddedBatch:

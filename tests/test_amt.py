@@ -9,14 +9,12 @@ import pytest
 import soundfile as sf
 import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
-from speechbrain.utils.train_logger import FileTrainLogger
 
 from audio_interpretability.brains.amt import InterpreterESC50Brain, quantile_mask
 from audio_interpretability.checkpoints import export_classifier
 from audio_interpretability.data.overlap import overlap_pairs, overlap_weights
 from audio_interpretability.data.synthetic import class_params
-from audio_interpretability.features import Frontend
-from audio_interpretability.models import AudioClassifier, Backbone, BackboneOutput, CosineHead
+from audio_interpretability.models import Backbone, BackboneOutput
 from audio_interpretability.models.focalnet import FocalNet
 from audio_interpretability.models.vit import ViT
 
@@ -84,26 +82,9 @@ class RegionBackbone(Backbone):
 
 
 def make_brain(backbone, out, quantile, saliency_options=None):
-    hparams = {
-        "frontend": Frontend(sample_rate=16000),
-        "model": AudioClassifier(backbone, CosineHead(backbone.embedding_dim, 3)),
-        "embedding_model_path": None,
-        "classifier_model_path": None,
-        "output_folder": str(out),
-        "seed": 0,
-        "save_interpretations": False,
-        "n_saved_interpretations": 0,
-        "add_wham_noise": False,
-        "wham_folder": None,
-        "wham_split": "tt",
-        "wham_snr_db": 0.0,
-        "random_baseline": True,
-        "loc_threshold": 0.5,
-        "train_logger": FileTrainLogger(str(out / "log.txt")),
-        "quantile": quantile,
-        "saliency_options": saliency_options or {},
-    }
-    return InterpreterESC50Brain(modules={}, hparams=hparams, run_opts={"device": "cpu"})
+    return InterpreterESC50Brain.from_backbone(
+        backbone, 3, out, quantile, saliency_options, random_baseline=True
+    )
 
 
 def test_mask_is_the_salient_region(tmp_path):

@@ -21,13 +21,10 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.batch import PaddedBatch
-from speechbrain.utils.train_logger import FileTrainLogger
 
 from audio_interpretability.brains.amt import InterpreterESC50Brain
 from audio_interpretability.brains.lmac import LMAC
 from audio_interpretability.checkpoints import export_classifier
-from audio_interpretability.features import Frontend
-from audio_interpretability.models import AudioClassifier, CosineHead
 from audio_interpretability.models.cnn14 import Cnn14
 from audio_interpretability.models.heads import LinearHead
 from audio_interpretability.models.vit import ViT
@@ -204,27 +201,10 @@ def make_amt(out: Path, precision: str) -> InterpreterESC50Brain:
     with torch.no_grad():  # peaked attention, as in a trained ViT (a random one is near-uniform)
         for block in backbone.blocks:
             block.attn.qkv.weight[: 2 * 16] *= 4.0
-    hparams = {
-        "frontend": Frontend(sample_rate=16000),
-        "model": AudioClassifier(backbone, CosineHead(backbone.embedding_dim, 3)),
-        "embedding_model_path": None,
-        "classifier_model_path": None,
-        "output_folder": str(out),
-        "seed": 0,
-        "save_interpretations": False,
-        "n_saved_interpretations": 0,
-        "add_wham_noise": False,
-        "wham_folder": None,
-        "wham_split": "tt",
-        "wham_snr_db": 0.0,
-        "random_baseline": False,
-        "loc_threshold": 0.5,
-        "train_logger": FileTrainLogger(str(out / "log.txt")),
-        "quantile": 0.9,
-        "saliency_options": {"layers": [-1], "method": "mean"},
-    }
     run_opts = {"device": "cpu", "precision": precision, "eval_precision": precision}
-    return InterpreterESC50Brain(modules={}, hparams=hparams, run_opts=run_opts)
+    return InterpreterESC50Brain.from_backbone(
+        backbone, 3, out, saliency_options={"layers": [-1], "method": "mean"}, run_opts=run_opts
+    )
 
 
 def test_amt_bf16_quantile_mask(tmp_path):

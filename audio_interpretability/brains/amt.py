@@ -135,28 +135,80 @@ class InterpreterESC50Brain(InterpreterBrain):
     Example
     -------
     >>> import tempfile
-    >>> from speechbrain.utils.train_logger import FileTrainLogger
-    >>> from audio_interpretability.features import Frontend
-    >>> from audio_interpretability.models import AudioClassifier, CosineHead
     >>> from audio_interpretability.models.focalnet import FocalNet
-    >>> backbone = FocalNet.from_config("tiny-cpu")
-    >>> folder = tempfile.mkdtemp()
-    >>> hparams = dict(
-    ...     frontend=Frontend(), model=AudioClassifier(backbone, CosineHead(192, 3)),
-    ...     embedding_model_path=None, classifier_model_path=None, output_folder=folder,
-    ...     seed=0, save_interpretations=False, n_saved_interpretations=0,
-    ...     add_wham_noise=False, wham_folder=None, wham_split="tt", wham_snr_db=0.0,
-    ...     random_baseline=True, loc_threshold=0.5,
-    ...     train_logger=FileTrainLogger(folder + "/log.txt"),
-    ...     quantile=0.9, saliency_options={"stages": [-1], "aggregation": "mean"},
+    >>> brain = InterpreterESC50Brain.from_backbone(
+    ...     FocalNet.from_config("tiny-cpu"), n_classes=3, output_folder=tempfile.mkdtemp(),
+    ...     saliency_options={"stages": [-1], "aggregation": "mean"},
     ... )
-    >>> brain = InterpreterESC50Brain(hparams=hparams, run_opts={"device": "cpu"})
     >>> X_int, mask, phase, X = brain.interpret_computation_steps(torch.randn(2, 16000))
     >>> mask.shape, round(mask.mean().item(), 2)
     (torch.Size([2, 87, 513]), 0.1)
     """
 
     needs_maps = True
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone,
+        n_classes: int,
+        output_folder: str,
+        quantile: float = 0.9,
+        saliency_options: dict | None = None,
+        random_baseline: bool = False,
+        sample_rate: int = 16000,
+        run_opts: dict | None = None,
+    ) -> InterpreterESC50Brain:
+        """An AMT brain around a backbone (any :class:`~audio_interpretability.models.base.
+        Backbone` with ``saliency``) and a cosine head, without a YAML: the classifier keeps
+        the weights it has (no checkpoint is loaded), no noise, nothing saved.
+
+        Arguments
+        ---------
+        backbone : torch.nn.Module
+            The classifier's backbone (e.g. ``FocalNet``, ``ViT``).
+        n_classes : int
+            Classes of the cosine head.
+        output_folder : str
+            Where the log goes.
+        quantile : float
+            Per-sample threshold of the saliency (0.9 keeps 10 % of the bins).
+        saliency_options : dict, optional
+            Keyword arguments of ``backbone.saliency``.
+        random_baseline : bool
+            Also score the random and swapped masks outside training.
+        sample_rate : int
+            Of the front-end.
+        run_opts : dict, optional
+            SpeechBrain run options (default ``{"device": "cpu"}``).
+        """
+        import os
+
+        from speechbrain.utils.train_logger import FileTrainLogger
+
+        from audio_interpretability.features import Frontend
+        from audio_interpretability.models import AudioClassifier, CosineHead
+
+        hparams = {
+            "frontend": Frontend(sample_rate=sample_rate),
+            "model": AudioClassifier(backbone, CosineHead(backbone.embedding_dim, n_classes)),
+            "embedding_model_path": None,
+            "classifier_model_path": None,
+            "output_folder": str(output_folder),
+            "seed": 0,
+            "save_interpretations": False,
+            "n_saved_interpretations": 0,
+            "add_wham_noise": False,
+            "wham_folder": None,
+            "wham_split": "tt",
+            "wham_snr_db": 0.0,
+            "random_baseline": random_baseline,
+            "loc_threshold": 0.5,
+            "train_logger": FileTrainLogger(os.path.join(str(output_folder), "log.txt")),
+            "quantile": quantile,
+            "saliency_options": dict(saliency_options or {}),
+        }
+        return cls(modules={}, hparams=hparams, run_opts=run_opts or {"device": "cpu"})
 
     def make_mask(self, spec: Spectrogram, clf: ClassifierOutput) -> MaskOutput:
         """Backbone saliency -> resized to (frames, bins) -> per-sample quantile mask.
