@@ -111,19 +111,28 @@ def write_block(readme: str, block: str, text: str) -> None:
         f.write(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
+def add_readme_options(parser: argparse.ArgumentParser) -> None:
+    """``--readme FILE --block NAME``: also write the table into a Markdown block."""
+    parser.add_argument("--readme", help="write the table into this Markdown file ...")
+    parser.add_argument(
+        "--block", help="... between <!-- table:BLOCK --> and <!-- /table:BLOCK -->"
+    )
+
+
+def check_readme_options(parser: argparse.ArgumentParser, args) -> None:
+    if bool(args.readme) != bool(args.block):
+        parser.error("--readme and --block go together")
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", help="an eval.py output folder (one subfolder per setting)")
     parser.add_argument("--setting", help="rows = the method subfolders, in this setting")
     parser.add_argument("--order", default="L-MAC,L2I,PIQ,Saliency,Grad-CAM,AMT-FocalNet,AMT-ViT",
                         help="method rows first, in this order (comma-separated)")  # fmt: skip
-    parser.add_argument("--readme", help="write the table into this Markdown file ...")
-    parser.add_argument(
-        "--block", help="... between <!-- table:BLOCK --> and <!-- /table:BLOCK -->"
-    )
+    add_readme_options(parser)
     args = parser.parse_args(argv)
-    if bool(args.readme) != bool(args.block):
-        parser.error("--readme and --block go together")
+    check_readme_options(parser, args)
     if args.setting:
         text = methods_table(args.folder, args.setting, tuple(args.order.split(",")))
     else:

@@ -149,20 +149,16 @@ def table(folder: Path) -> str:
 def main(argv=None) -> str:
     import argparse
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from metrics_table import add_readme_options, check_readme_options, write_block
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", help="folder of bench_lmac.py / bench_amt.py JSON files")
-    parser.add_argument("--readme", help="write the table into this Markdown file ...")
-    parser.add_argument(
-        "--block", help="... between <!-- table:BLOCK --> and <!-- /table:BLOCK -->"
-    )
+    add_readme_options(parser)
     args = parser.parse_args(argv)
-    if bool(args.readme) != bool(args.block):
-        parser.error("--readme and --block go together")
+    check_readme_options(parser, args)
     text = table(Path(args.folder))
     if args.readme:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from metrics_table import write_block
-
         write_block(args.readme, args.block, text)
     print(text)
     return text
