@@ -43,8 +43,8 @@ from speechbrain.nnet.schedulers import CyclicLRScheduler, ReduceLROnPlateau
 from audio_interpretability.checkpointing import apply_umask, register_random_states
 from audio_interpretability.data.wham import (
     NOISE_KEY,
+    ClipNoiseMixin,
     WhamNoise,
-    add_clip_noise,
     mix_at_snr,
     wham_noise_in_workers,
 )
@@ -218,7 +218,7 @@ def save_confusion_matrix_png(confusion: list, class_names: list[str], path: str
             os.remove(tmp)
 
 
-class ClassifierBrain(DistributedBrainMixin, sb.Brain):
+class ClassifierBrain(ClipNoiseMixin, DistributedBrainMixin, sb.Brain):
     """Brain that trains and tests an :class:`~audio_interpretability.models.AudioClassifier`.
 
     Expects ``modules`` with ``frontend`` (:class:`~audio_interpretability.features.Frontend`)
@@ -269,28 +269,17 @@ class ClassifierBrain(DistributedBrainMixin, sb.Brain):
         # Created once: its private RNG keeps drawing new crops batch after batch (seeded per
         # DDP process, so that processes do not draw the same crops).
         self.wham = WhamNoise.from_hparams(self.hparams.__dict__, split="tr")
-        self.noise_in_workers = wham_noise_in_workers(self.hparams.__dict__)
-        self.clip_noise = None  # the training set's per-clip noise item (make_dataloader)
+        wham_noise_in_workers(self.hparams.__dict__)  # a bad value fails now, not in fit
         self.confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
         self.train_stats: dict = {}
 
     # ----------------------------------------------------------------------------------------
     # Forward and loss
     # ----------------------------------------------------------------------------------------
-    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
-        """As SpeechBrain's; with ``wham_noise_in_workers`` and WHAM! noise, the training set
-        first gets each clip's noise as the dynamic item ``noise_sig``
-        (:func:`~audio_interpretability.data.wham.add_clip_noise`: drawn in the DataLoader
-        workers, seeded by (seed, epoch, clip id); the epoch is set in :meth:`on_stage_start`).
-        """
-        if (
-            stage == sb.Stage.TRAIN
-            and self.wham is not None
-            and self.noise_in_workers
-            and hasattr(dataset, "add_dynamic_item")
-        ):
-            self.clip_noise = add_clip_noise(dataset, self.wham, loader_kwargs)
-        return super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
+    @property
+    def training_noise(self):
+        """The noise source of the training clips (:class:`ClipNoiseMixin`): :attr:`wham`."""
+        return self.wham
 
     def add_noise(
         self, wavs: torch.Tensor, lens: torch.Tensor, noise: torch.Tensor | None = None
@@ -347,11 +336,10 @@ class ClassifierBrain(DistributedBrainMixin, sb.Brain):
         super().on_fit_start()
 
     def on_stage_start(self, stage, epoch=None) -> None:
-        """Reset the confusion matrix; in TRAIN, give the training set's per-clip noise its
-        epoch (before ``fit`` creates the epoch's DataLoader iterator, hence its workers)."""
+        """Reset the confusion matrix; in TRAIN, the training set's per-clip noise gets its
+        epoch (:class:`ClipNoiseMixin`)."""
+        super().on_stage_start(stage, epoch)
         self.confusion.zero_()
-        if stage == sb.Stage.TRAIN and self.clip_noise is not None and epoch is not None:
-            self.clip_noise.set_epoch(epoch)
 
     def on_stage_end(self, stage, stage_loss, epoch=None) -> None:
         """Log loss / error / accuracy; anneal the lr (plateau) and checkpoint after validation;

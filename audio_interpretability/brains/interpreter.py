@@ -30,7 +30,7 @@ import speechbrain as sb
 import torch
 
 from audio_interpretability import metrics as M
-from audio_interpretability.data.wham import NOISE_KEY, add_clip_noise, wham_noise_in_workers
+from audio_interpretability.data.wham import NOISE_KEY, ClipNoiseMixin, wham_noise_in_workers
 from audio_interpretability.distributed import DistributedBrainMixin
 from audio_interpretability.features import Spectrogram
 from audio_interpretability.models.base import ClassifierOutput
@@ -99,7 +99,7 @@ class Interpretation(NamedTuple):
     extras: dict
 
 
-class InterpreterBrain(DistributedBrainMixin, sb.Brain):
+class InterpreterBrain(ClipNoiseMixin, DistributedBrainMixin, sb.Brain):
     """Base Brain of the interpreters (AMT, L-MAC) of a frozen classifier.
 
     Hparams it reads (YAML keys): ``frontend`` (:class:`~audio_interpretability.features.Frontend`),
@@ -186,8 +186,7 @@ class InterpreterBrain(DistributedBrainMixin, sb.Brain):
 
             noise = WhamNoise.from_hparams(self.hparams.__dict__)
         self.noise = noise
-        self.noise_in_workers = wham_noise_in_workers(self.hparams.__dict__)
-        self.clip_noise = None  # the training set's per-clip noise item (make_dataloader)
+        wham_noise_in_workers(self.hparams.__dict__)  # a bad value fails now, not in fit
         self.saved_count = 0
         self.saved_per_class: dict[int, int] = {}  # n_saved_per_class: clips saved per class
         self._interpretations_folder: Path | None = None  # where this stage saves (None: not)
@@ -232,20 +231,10 @@ class InterpreterBrain(DistributedBrainMixin, sb.Brain):
         finally:
             self.noise = saved
 
-    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
-        """As SpeechBrain's; with ``wham_noise_in_workers`` and a noise source, the training
-        set first gets each clip's WHAM! noise as the dynamic item ``noise_sig``
-        (:func:`~audio_interpretability.data.wham.add_clip_noise`), drawn where the dataset is
-        read (the DataLoader workers) and seeded by (seed, epoch, clip id); the epoch is set
-        in :meth:`on_stage_start`. Validation and test sets keep the forward-pass draws."""
-        if (
-            stage == sb.Stage.TRAIN
-            and self.noise is not None
-            and self.noise_in_workers
-            and hasattr(dataset, "add_dynamic_item")
-        ):
-            self.clip_noise = add_clip_noise(dataset, self.noise, loader_kwargs)
-        return super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
+    @property
+    def training_noise(self):
+        """The noise source of the training clips (:class:`ClipNoiseMixin`): :attr:`noise`."""
+        return self.noise
 
     # --------------------------------------------------------- published API
     def preprocess(self, wavs: torch.Tensor) -> Spectrogram:
@@ -631,11 +620,9 @@ class InterpreterBrain(DistributedBrainMixin, sb.Brain):
     # --------------------------------------------------------- stage hooks
     def on_stage_start(self, stage, epoch=None):
         """Reset metric bookkeeping; make sure the frozen classifier stays in eval mode; in
-        TRAIN, give the training set's per-clip noise its epoch (before ``fit`` creates the
-        epoch's DataLoader iterator, hence its workers)."""
+        TRAIN, the training set's per-clip noise gets its epoch (:class:`ClipNoiseMixin`)."""
+        super().on_stage_start(stage, epoch)
         self.hparams.model.eval()
-        if stage == sb.Stage.TRAIN and self.clip_noise is not None and epoch is not None:
-            self.clip_noise.set_epoch(epoch)
         if stage != sb.Stage.TRAIN:
             self.metric_accumulator = M.MetricAccumulator()
             self.mask_dependence = M.MaskDependence()

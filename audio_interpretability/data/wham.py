@@ -438,6 +438,45 @@ def add_clip_noise(dataset, noise: WhamNoise, loader_kwargs: dict | None = None)
     return clip_noise
 
 
+class ClipNoiseMixin:
+    """The Brain side of :class:`ClipNoise`, for Brains trained with WHAM! noise.
+
+    With ``wham_noise_in_workers: True`` in the hparams and a noise source
+    (:attr:`training_noise`, which the Brain defines), :meth:`make_dataloader` gives the
+    training set each clip's noise (:func:`add_clip_noise`, item ``noise_sig``), and
+    :meth:`on_stage_start` sets its epoch before ``fit`` creates the epoch's DataLoader
+    iterator (hence its workers). Validation and test sets are left alone. Put it first in
+    the bases, and call ``super().on_stage_start(stage, epoch)`` from the Brain's own.
+    """
+
+    clip_noise: ClipNoise | None = None  # the training set's per-clip noise item
+
+    @property
+    def training_noise(self) -> WhamNoise | None:
+        """The Brain's noise source of the training clips (None: no noise)."""
+        raise NotImplementedError(f"{type(self).__name__} must define training_noise")
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        from speechbrain.core import Stage
+
+        noise = self.training_noise
+        if (
+            stage == Stage.TRAIN
+            and noise is not None
+            and wham_noise_in_workers(self.hparams.__dict__)
+            and hasattr(dataset, "add_dynamic_item")
+        ):
+            self.clip_noise = add_clip_noise(dataset, noise, loader_kwargs)
+        return super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
+
+    def on_stage_start(self, stage, epoch=None):
+        from speechbrain.core import Stage
+
+        if stage == Stage.TRAIN and self.clip_noise is not None and epoch is not None:
+            self.clip_noise.set_epoch(epoch)
+        return super().on_stage_start(stage, epoch)
+
+
 def mix_at_snr(
     clean: torch.Tensor,
     noise: torch.Tensor,
