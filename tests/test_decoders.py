@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from speechbrain.lobes.models.Cnn14 import CNN14PSI_stft
 
 from audio_interpretability.features import Frontend
@@ -149,15 +150,21 @@ def test_gemm_conv_is_the_same_function(batch):
     gemm = CNN14Decoder(in_dim=256, width=128, gemm_conv=True)
     plain = CNN14Decoder(in_dim=256, width=128, gemm_conv=False)
     plain.load_state_dict(gemm.state_dict(), strict=True)
-    # the product is really used, for the first layers only (not the wide late ones)
+    # every layer runs as matrix products: one over the batch for the first two (many input
+    # channels per input position), sample by sample for the other seven; no oneDNN layer
     from unittest import mock
 
     import audio_interpretability.models.decoders as decoders
 
-    with mock.patch.object(decoders.F, "fold", wraps=decoders.F.fold) as fold:
-        with torch.no_grad():
-            gemm(maps)
-    assert 3 <= fold.call_count < 9
+    per_sample = decoders._PerSampleConvTranspose
+    with (
+        mock.patch.object(decoders.F, "fold", wraps=decoders.F.fold) as fold,
+        mock.patch.object(per_sample, "apply", wraps=per_sample.apply) as apply,
+        mock.patch.object(torch.nn.ConvTranspose2d, "forward") as onednn,
+        torch.no_grad(),
+    ):
+        gemm(maps)
+    assert (fold.call_count, apply.call_count, onednn.call_count) == (2, 7, 0)
     # SGD: Adam divides by sqrt(v), which turns the rounding of a near-zero gradient into a
     # full-size step (as any change of summation order would, e.g. another thread count)
     optimizers = [torch.optim.SGD(d.parameters(), lr=0.1, momentum=0.9) for d in (gemm, plain)]
@@ -191,3 +198,35 @@ def test_gemm_conv_leaves_bf16_to_conv_transpose():
         out = layer(x)
         plain = torch.nn.ConvTranspose2d.forward(layer, x)
     assert out.dtype == torch.bfloat16 and torch.equal(out, plain)
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding",
+    [
+        ((2, 6, 4, 5), (3, 5), (2, 2), (1, 1)),  # convt5's geometry
+        ((1, 5, 3, 6), (4, 3), (2, 2), (0, 2)),  # padding larger than needed on one axis
+        ((3, 4, 2, 7), (1, 5), (1, 4), (0, 0)),  # convt9's: no padding, kernel wider than stride
+    ],
+)
+def test_per_sample_conv_transpose_gradients(shape, kernel, stride, padding):
+    """The sample-by-sample transposed convolution's forward and backward (written by hand:
+    unfold of the padded output gradient, then W G and x G^T) against finite differences in
+    float64, and its forward against ConvTranspose2d."""
+    from audio_interpretability.models.decoders import _PerSampleConvTranspose
+
+    torch.manual_seed(0)
+    c_in, c_out = shape[1], 3
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(c_in, c_out, *kernel, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(c_out, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        return _PerSampleConvTranspose.apply(x, w, b, stride, padding)
+
+    expected = F.conv_transpose2d(x, w, b, stride, padding)
+    torch.testing.assert_close(f(x, w, b), expected)
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    # only the gradients asked for are computed
+    out = f(x.detach(), w, None)
+    (grad_w,) = torch.autograd.grad(out.sum(), (w,))
+    assert grad_w.shape == w.shape

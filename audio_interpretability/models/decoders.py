@@ -12,11 +12,12 @@ import torch.nn.functional as F
 N_BINS = 513  # linear-frequency bins the decoder outputs (n_fft = 1024)
 MAP_FREQS = (2, 2, 5, 10)  # frequency sizes of the Cnn14 maps for 80 mel bins, deepest first
 MAX_FRAME_DIFF = 8  # align_frames refuses larger frame differences (wrong input, not rounding)
-# GemmConvTranspose2d uses the matrix product when C_out kh kw * GEMM_RATIO >= B H W. 1.25
-# takes in convt7 at batch 2 (6930 input positions, 6144 output columns per position): the
-# paper-size training step was 0.6 s faster than with 1.0 (3 of 3 interleaved pairs, 2-core
-# AMD EPYC, fp32)
-GEMM_RATIO = 1.25
+# GemmConvTranspose2d computes a layer with at least ROWS_RATIO input channels per input
+# position (C_in >= ROWS_RATIO * H * W: convt1 .. convt3 of the paper-size decoder) as one
+# matrix product over every input position, else sample by sample with no layout copy. 8 sits
+# between convt4 (C_in / (H W) = 3.9: per sample 0.178 s against 0.218 s, forward + backward at
+# batch 2) and convt3 (16: one product 0.88 s against 1.04 s), on a 2-core Xeon with AVX-512
+ROWS_RATIO = 8
 
 
 def _fit_frames(x: torch.Tensor, n_frames: int, dim: int) -> torch.Tensor:
@@ -31,17 +32,24 @@ def _fit_frames(x: torch.Tensor, n_frames: int, dim: int) -> torch.Tensor:
 
 
 class GemmConvTranspose2d(torch.nn.ConvTranspose2d):
-    """``ConvTranspose2d`` that, on the CPU, computes a layer with many weights per input
-    position as one matrix product and a ``fold`` (col2im): the same function up to float
-    rounding, the same parameters and state dict, and 1.3x-2.4x faster forward + backward for
-    L-MAC's first decoder layers (2048 channels on a 15 x 2 to 63 x 18 grid), where the
-    convolution kernels of oneDNN are slow. Other layers, other devices, dilation, groups and
-    output padding go through ``ConvTranspose2d`` unchanged.
+    """``ConvTranspose2d`` that, on the CPU in fp32, runs as matrix products and ``fold``
+    (col2im) instead of oneDNN's transposed convolution: the same function up to float
+    rounding, the same parameters and state dict.
 
-    The product is used when ``C_out * kh * kw * GEMM_RATIO >= B * H * W`` (about as many
-    output columns per input position as input positions, or more: the weights dominate), in fp32 outside autocast (under
-    ``--precision bf16`` the layers stay ``ConvTranspose2d``: ``fold`` is slow in bf16).
-    On any device, input rows / columns whose every output falls in the cropped padding are
+    Two reasons. Speed: L-MAC's decoder trains 1.2x-1.5x faster per layer than with oneDNN
+    (forward + backward, batch 2 and 16, 2 threads). Correctness: oneDNN's multi-threaded
+    transposed convolution in torch 2.11 sometimes returns wrong values for ``convt5``'s shape
+    at batch 8 and more (2048 -> 1024 channels, kernel (3, 5), stride 2, on a 53 x 18 grid:
+    thousands of outputs off by up to 0.8 in about one call of six on a 2-core Xeon with
+    AVX-512; 1 thread is right). ``benchmarks/check_conv_transpose.py`` checks a machine.
+
+    A layer with many input channels per input position (``C_in >= ROWS_RATIO * H * W``) is
+    one product over every position of the batch, ``(B H W, C_in) @ (C_in, C_out kh kw)``, then
+    ``fold``; the others go sample by sample (:class:`_PerSampleConvTranspose`: the product
+    written where ``fold`` reads it, no layout copy, and a batch's columns are never all in
+    memory at once). Other devices, other dtypes, autocast (``--precision bf16``), dilation,
+    groups, output padding and ``output_size`` go through ``ConvTranspose2d`` unchanged. On
+    any device, input rows / columns whose every output falls in the cropped padding are
     skipped first (:func:`skip_cropped_inputs`: 11 % of ``convt7``'s work).
 
     Example
@@ -63,8 +71,6 @@ class GemmConvTranspose2d(torch.nn.ConvTranspose2d):
             and self.padding_mode == "zeros"
         ):
             x, padding = skip_cropped_inputs(x, self.weight.shape[2:], self.stride, padding)
-        B, C, H, W = x.shape
-        c_out, kh, kw = self.weight.shape[1:]
         if (
             output_size is not None
             or x.device.type != "cpu"
@@ -74,13 +80,16 @@ class GemmConvTranspose2d(torch.nn.ConvTranspose2d):
             or self.dilation != (1, 1)
             or self.output_padding != (0, 0)
             or self.padding_mode != "zeros"
-            or c_out * kh * kw * GEMM_RATIO < B * H * W
         ):
             if padding == self.padding:
                 return super().forward(x, output_size)
             return F.conv_transpose2d(
                 x, self.weight, self.bias, self.stride, padding, 0, self.groups, self.dilation
             )
+        B, C, H, W = x.shape
+        if C < ROWS_RATIO * H * W:
+            return _PerSampleConvTranspose.apply(x, self.weight, self.bias, self.stride, padding)
+        c_out, kh, kw = self.weight.shape[1:]
         (sh, sw), (ph, pw) = self.stride, padding
         h_out, w_out = (H - 1) * sh - 2 * ph + kh, (W - 1) * sw - 2 * pw + kw
         rows = x.permute(0, 2, 3, 1).reshape(B * H * W, C)  # (B H W, C_in)
@@ -91,6 +100,68 @@ class GemmConvTranspose2d(torch.nn.ConvTranspose2d):
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)[None, :, None, None]
         return out
+
+
+class _PerSampleConvTranspose(torch.autograd.Function):
+    """Transposed convolution (no dilation, groups or output padding) sample by sample.
+
+    Forward, per sample: ``cols = W^T x`` with ``W`` as (C_in, C_out kh kw) and ``x`` as
+    (C_in, H W), i.e. (C_out kh kw, H W), the layout ``fold`` reads, then ``fold`` into the
+    padded output, cropped by ``padding``. Backward, per sample: ``unfold`` of the zero-padded
+    output gradient (the adjoint of fold + crop) gives the columns' gradient ``G``; then
+    ``grad x = W G`` and ``grad W += x G^T``. No tensor is transposed in memory.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding):
+        B, C, H, W = x.shape
+        c_out, kh, kw = weight.shape[1:]
+        (sh, sw), (ph, pw) = stride, padding
+        hp, wp = (H - 1) * sh + kh, (W - 1) * sw + kw  # padded output
+        w2 = weight.reshape(C, c_out * kh * kw)
+        x3 = x.reshape(B, C, H * W)
+        out = x.new_empty(B, c_out, hp, wp)
+        cols = x.new_empty(c_out * kh * kw, H * W)
+        for b in range(B):
+            torch.mm(w2.t(), x3[b], out=cols)
+            torch.ops.aten.col2im.out(
+                cols, (hp, wp), (kh, kw), (1, 1), (0, 0), (sh, sw), out=out[b]
+            )
+        out = out[:, :, ph : hp - ph, pw : wp - pw]
+        if bias is not None:
+            out = out + bias[None, :, None, None]
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        (sh, sw), (ph, pw) = ctx.stride, ctx.padding
+        B, C, H, W = x.shape
+        c_out, kh, kw = weight.shape[1:]
+        w2 = weight.reshape(C, c_out * kh * kw)
+        x3 = x.reshape(B, C, H * W)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        padded = F.pad(grad_out, (pw, pw, ph, ph)) if ph or pw else grad_out
+        grad_x = x.new_empty(B, C, H * W) if need_x else None
+        grad_w = x.new_zeros(C, c_out * kh * kw) if need_w else None
+        if need_x or need_w:
+            cols = x.new_empty(c_out * kh * kw, H * W)  # one buffer for every sample
+            for b in range(B):  # cols = unfold(padded[b])
+                torch.ops.aten.im2col.out(padded[b], (kh, kw), (1, 1), (0, 0), (sh, sw), out=cols)
+                if need_x:
+                    torch.mm(w2, cols, out=grad_x[b])
+                if need_w:
+                    grad_w.addmm_(x3[b], cols.t())
+        grad_b = grad_out.sum((0, 2, 3)) if ctx.has_bias and need_b else None
+        return (
+            grad_x.view(B, C, H, W) if need_x else None,
+            grad_w.view_as(weight) if need_w else None,
+            grad_b,
+            None,
+            None,
+        )
 
 
 def skip_cropped_inputs(x: torch.Tensor, kernel, stride, padding) -> tuple[torch.Tensor, tuple]:
