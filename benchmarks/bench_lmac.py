@@ -202,6 +202,7 @@ def child(args) -> dict:
         "clips_per_s": args.batch_size / seconds,
         "all_times": times,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
     }
     if args.device.startswith("cuda"):
         result["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 1024**3
@@ -250,6 +251,14 @@ def main(argv=None) -> list:
         default="{}",
         help="lmac_cnn14.yaml keys for ours, as JSON, e.g. '{\"decoder_gemm_conv\": false}'",
     )
+    parser.add_argument(
+        "--huge_pages",
+        default="ours",
+        choices=["ours", "both", "none"],
+        help="THP_MEM_ALLOC_ENABLE=1 (tensors on transparent huge pages) for: ours only, as "
+        "each recipe ships (our package turns it on, the published recipe does not); both (the "
+        "same environment); none",
+    )
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -273,7 +282,10 @@ def main(argv=None) -> list:
                 "ours_overrides",
             ):
                 cmd += [f"--{key}", str(getattr(args, key))]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+            env = os.environ.copy()
+            huge = args.huge_pages == "both" or (args.huge_pages == "ours" and impl == "ours")
+            env["THP_MEM_ALLOC_ENABLE"] = "1" if huge else "0"  # read when torch loads
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 raise RuntimeError(f"{impl}/{stage} failed:\n{proc.stderr[-3000:]}")
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -285,7 +297,7 @@ def main(argv=None) -> list:
             print(
                 f"{impl:10s} {stage:5s} {args.precision:5s} batch {args.batch_size:3d} "
                 f"{r['seconds_per_batch']:8.2f} s/batch {r['clips_per_s']:7.2f} clips/s  "
-                f"peak {mem:5.2f} GB{rate}",
+                f"peak {mem:5.2f} GB{rate}{'  huge pages' if r['huge_pages'] else ''}",
                 flush=True,
             )
     by = {(r["impl"], r["stage"]): r["seconds_per_batch"] for r in results}

@@ -8,7 +8,11 @@
 #      re-implemented with transformers, batch 2 (median of 3) and 16 (1 batch)
 #   3. the data pipeline alone (benchmarks/bench_data_cache.py), 0 and 2 workers
 #   4. L-MAC at batch 16 (one timed batch per configuration, no warm-up: about 15 minutes)
-#   5. the table (benchmarks/perf_table.py), also written to OUT/table.md
+#   5. oneDNN's transposed convolution checked against ours (benchmarks/check_conv_transpose.py)
+#   6. the table (benchmarks/perf_table.py), also written to OUT/table.md
+# The L-MAC runs give ours and the re-implementation the same environment (--huge_pages both:
+# tensors on transparent huge pages, which our package turns on and the published recipe does
+# not); the re-implementation also runs as it ships, at batch 2.
 # bf16 is not run: on a CPU without bf16 arithmetic (no AVX-512 BF16 / AMX) it is emulated and
 # a training step takes minutes (BF16=1 runs it anyway, batch 2).
 #
@@ -20,8 +24,11 @@ OUT=${1:-results/bench_cpu}
 mkdir -p "$OUT"
 THREADS=${THREADS:-2}
 
-echo "== L-MAC fp32 batch 2 (ours + published re-implementation, train + eval)"
-python benchmarks/bench_lmac.py "$OUT/lmac_fp32_b2.json" --threads "$THREADS"
+echo "== L-MAC fp32 batch 2 (ours + published re-implementation, train + eval, both on huge pages)"
+python benchmarks/bench_lmac.py "$OUT/lmac_fp32_b2.json" --threads "$THREADS" --huge_pages both
+echo "== L-MAC fp32 batch 2, the published re-implementation as it ships (no huge pages)"
+python benchmarks/bench_lmac.py "$OUT/lmac_fp32_b2_published_shipped.json" --impls published \
+    --threads "$THREADS" --huge_pages ours
 echo "== L-MAC fp32 batch 2, ours with optimizer_in_backward"
 python benchmarks/bench_lmac.py "$OUT/lmac_fp32_b2_oib.json" --impls ours --stages train \
     --threads "$THREADS" --ours_overrides '{"optimizer_in_backward": true, "max_grad_norm": 0}'
@@ -36,8 +43,10 @@ python benchmarks/bench_data_cache.py "$OUT/data_pipeline.json" --n_classes 10 \
 if [ "${SKIP_B16:-0}" != 1 ]; then
     echo "== L-MAC fp32 batch 16 (1 timed batch each)"
     python benchmarks/bench_lmac.py "$OUT/lmac_fp32_b16.json" --threads "$THREADS" \
-        --batch_size 16 --iters 1 --warmup 0 --flops 0
+        --batch_size 16 --iters 1 --warmup 0 --flops 0 --huge_pages both
 fi
+echo "== oneDNN's transposed convolution against ours on convt5's shape (batch 8, 12 calls)"
+python benchmarks/check_conv_transpose.py "$OUT/check/conv_transpose.json" --threads "$THREADS"
 if [ "${BF16:-0}" = 1 ]; then
     echo "== L-MAC bf16 batch 2"
     python benchmarks/bench_lmac.py "$OUT/lmac_bf16_b2.json" --threads "$THREADS" \

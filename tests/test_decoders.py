@@ -1,5 +1,7 @@
 """Tests of the L-MAC decoder against SpeechBrain's CNN14PSI_stft, and of its frame alignment."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -230,3 +232,37 @@ def test_per_sample_conv_transpose_gradients(shape, kernel, stride, padding):
     out = f(x.detach(), w, None)
     (grad_w,) = torch.autograd.grad(out.sum(), (w,))
     assert grad_w.shape == w.shape
+
+
+def test_package_puts_tensors_on_huge_pages(tmp_path):
+    """Importing the package before torch (as every recipe does) sets THP_MEM_ALLOC_ENABLE,
+    so that torch puts large tensors on transparent huge pages; a user's setting is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, audio_interpretability, torch\n"
+        "x = torch.ones(32 * 2**20)\n"
+        "huge = sum(int(line.split()[1]) for line in open('/proc/self/smaps')"
+        " if line.startswith('AnonHugePages'))\n"
+        "print(os.environ['THP_MEM_ALLOC_ENABLE'], huge)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+
+    def run(**extra):
+        out = subprocess.run(
+            [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        setting, huge_kb = out.stdout.split()
+        return setting, int(huge_kb)
+
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    mode = thp.read_text().split("[")[1].split("]")[0] if thp.exists() else "never"
+    setting, huge_kb = run()
+    assert setting == "1"
+    assert (huge_kb > 0) == (mode != "never")  # torch asks for them (madvise)
+    setting, huge_kb = run(THP_MEM_ALLOC_ENABLE="0")
+    assert setting == "0"
+    assert (huge_kb > 0) == (mode == "always")  # nobody asks: only if the kernel always does

@@ -24,6 +24,10 @@ Authors
 
 import os
 
+# isort: off
+import audio_interpretability  # noqa: F401 (first: it sets THP_MEM_ALLOC_ENABLE before torch loads)
+
+# isort: on
 import speechbrain as sb
 
 from audio_interpretability.brains.classifier import ClassifierBrain

@@ -58,6 +58,10 @@ import json
 import logging
 import os
 
+# isort: off
+import audio_interpretability  # noqa: F401 (first: it sets THP_MEM_ALLOC_ENABLE before torch loads)
+
+# isort: on
 import speechbrain as sb
 
 from audio_interpretability.api import build_interpreter, check_interpreter
