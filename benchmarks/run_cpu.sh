@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every CPU row of README's performance table, in one script (about 35 minutes on a 2-core CPU
+# Every CPU row of README's performance table, in one script (20 to 35 minutes on a 2-core CPU
 # with nothing else running; each configuration in its own process, 2 torch threads, fp32):
 #   1. L-MAC (benchmarks/bench_lmac.py): ours and the published step re-implemented with
 #      SpeechBrain's modules, training and evaluation, batch 2 (median of 3 after 1 warm-up);
@@ -8,16 +8,18 @@
 #      re-implemented with transformers, batch 2 (median of 3) and 16 (1 batch)
 #   3. the data pipeline alone (benchmarks/bench_data_cache.py), 0 and 2 workers
 #   4. L-MAC at batch 16 (one timed batch per configuration, no warm-up: about 15 minutes)
-#   5. oneDNN's transposed convolution checked against ours (benchmarks/check_conv_transpose.py)
+#   5. oneDNN's transposed convolution checked against ours (benchmarks/check_conv_transpose.py),
+#      and each decoder layer timed both ways (benchmarks/bench_decoder_layers.py)
 #   6. the table (benchmarks/perf_table.py), also written to OUT/table.md
 # The L-MAC runs give ours and the re-implementation the same environment (--huge_pages both:
 # tensors on transparent huge pages, which our package turns on and the published recipe does
 # not); the re-implementation also runs as it ships, at batch 2.
-# bf16 is not run: on a CPU without bf16 arithmetic (no AVX-512 BF16 / AMX) it is emulated and
-# a training step takes minutes (BF16=1 runs it anyway, batch 2).
+# bf16 is not run by default: on a CPU without bf16 arithmetic (no AVX-512 BF16 / AMX) it is
+# emulated, 4x slower than fp32 on a 2-core Xeon with AVX-512, minutes per step on an AVX2 EPYC
+# (BF16=1 runs the training step anyway, batch 2, one timed step).
 #
 # Usage: bash benchmarks/run_cpu.sh [OUTPUT_FOLDER]   (default results/bench_cpu)
-#   SKIP_B16=1 skips step 4; BF16=1 adds the bf16 L-MAC rows at batch 2.
+#   SKIP_B16=1 skips step 4; BF16=1 adds the bf16 L-MAC training rows at batch 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results/bench_cpu}
@@ -47,9 +49,11 @@ if [ "${SKIP_B16:-0}" != 1 ]; then
 fi
 echo "== oneDNN's transposed convolution against ours on convt5's shape (batch 8, 12 calls)"
 python benchmarks/check_conv_transpose.py "$OUT/check/conv_transpose.json" --threads "$THREADS"
+echo "== the decoder's layers, ours against oneDNN (batch 2, forward + backward)"
+python benchmarks/bench_decoder_layers.py "$OUT/layers/decoder_layers_b2.json" --threads "$THREADS"
 if [ "${BF16:-0}" = 1 ]; then
     echo "== L-MAC bf16 batch 2"
     python benchmarks/bench_lmac.py "$OUT/lmac_bf16_b2.json" --threads "$THREADS" \
-        --precision bf16 --iters 1 --warmup 0
+        --precision bf16 --iters 1 --warmup 0 --stages train --flops 0 --huge_pages both
 fi
 python benchmarks/perf_table.py "$OUT" | tee "$OUT/table.md"

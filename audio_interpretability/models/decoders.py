@@ -245,9 +245,9 @@ class CNN14Decoder(torch.nn.Module):
         2, in_dim // 4, in_dim // 8``, e.g. ``(emb_dim, 16 b, 8 b, 4 b)`` for a Cnn14 with
         ``base_channels=b`` and ``emb_dim != 32 b``. ``in_dim`` is then ignored.
     gemm_conv : bool
-        Run the weight-heavy layers as a matrix product + fold on the CPU
-        (:class:`GemmConvTranspose2d`: same function and parameters, faster); False: plain
-        ``ConvTranspose2d`` everywhere.
+        On the CPU in fp32, run the layers as matrix products + fold
+        (:class:`GemmConvTranspose2d`: same function and parameters, faster, and clear of a
+        oneDNN bug at batch 8 and more); False: plain ``ConvTranspose2d`` everywhere.
 
     Example
     -------

@@ -1,0 +1,92 @@
+"""Forward + backward time of each layer of L-MAC's full-width decoder: ours against oneDNN.
+
+For each of ``convt1`` .. ``convt9`` of ``CNN14Decoder(2048)`` (the published
+``CNN14PSI_stft``, 236 M parameters) on the input it gets from a 5 s clip, times the layer as
+our decoder runs it on the CPU (:class:`~audio_interpretability.models.decoders.GemmConvTranspose2d`:
+matrix products and fold) and as ``torch.nn.ConvTranspose2d`` (oneDNN), forward and backward
+(the input gradient where the training step needs it: every layer that reads another layer's
+output), best of ``--iters`` after one warm-up. Prints a Markdown table and writes JSON.
+
+Usage::
+
+    python benchmarks/bench_decoder_layers.py results/bench/decoder_layers_b2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# (input channels, frames, frequency) of each layer's input for a 5 s clip (431 STFT frames)
+INPUTS = {
+    "convt1": (2048, 13, 2),
+    "convt2": (1024, 13, 2),
+    "convt3": (2048, 25, 5),
+    "convt4": (512, 26, 5),
+    "convt5": (2048, 53, 18),
+    "convt6": (256, 53, 10),
+    "convt7": (1024, 105, 37),
+    "convt8": (512, 210, 65),
+    "convt9": (256, 421, 128),
+}
+READS_A_LAYER = ("convt3", "convt5", "convt7", "convt8", "convt9")  # need the input gradient
+
+
+def time_layer(layer, x: torch.Tensor, forward, input_grad: bool, iters: int) -> float:
+    """Best seconds of forward + backward (weights, bias and, if asked, the input)."""
+    times = []
+    for i in range(iters + 1):
+        inp = x.detach().requires_grad_(input_grad)
+        start = time.perf_counter()
+        out = forward(layer, inp)
+        out.backward(torch.ones_like(out))
+        if i:
+            times.append(time.perf_counter() - start)
+        layer.zero_grad(set_to_none=True)
+    return min(times)
+
+
+def main(argv=None) -> list:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("output", help="JSON file for the results")
+    parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if min(args.batch_size, args.iters, args.threads) < 1:
+        parser.error("--batch_size, --iters and --threads must be at least 1")
+    sys.path.insert(0, str(REPO))
+    from audio_interpretability.models.decoders import CNN14Decoder
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    decoder = CNN14Decoder(2048)
+    rows = []
+    print("| layer | ours s | oneDNN s | oneDNN / ours |\n| --- | --- | --- | --- |")
+    for name, (channels, frames, freq) in INPUTS.items():
+        layer = getattr(decoder, name)
+        x = torch.randn(args.batch_size, channels, frames, freq)
+        grad = name in READS_A_LAYER
+        ours = time_layer(layer, x, type(layer).forward, grad, args.iters)
+        onednn = time_layer(layer, x, torch.nn.ConvTranspose2d.forward, grad, args.iters)
+        rows.append({"layer": name, "ours_s": ours, "onednn_s": onednn})
+        print(f"| {name} | {ours:.3f} | {onednn:.3f} | {onednn / ours:.2f}x |", flush=True)
+    total = {k: sum(r[k] for r in rows) for k in ("ours_s", "onednn_s")}
+    print(
+        f"| all | {total['ours_s']:.3f} | {total['onednn_s']:.3f} | "
+        f"{total['onednn_s'] / total['ours_s']:.2f}x |"
+    )
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": vars(args), "layers": rows, "total": total}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

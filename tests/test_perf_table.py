@@ -1,0 +1,53 @@
+"""benchmarks/perf_table.py on bench_lmac.py JSON: which run each row is (huge pages or not,
+YAML overrides) and which re-implementation the speed-ups are against."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("_perf_table", ROOT / "benchmarks" / "perf_table.py")
+perf_table = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(perf_table)
+
+
+def _result(impl: str, seconds: float, huge_pages: bool) -> dict:
+    return {
+        "impl": impl,
+        "stage": "train",
+        "precision": "fp32",
+        "batch_size": 2,
+        "seconds_per_batch": seconds,
+        "clips_per_s": 2 / seconds,
+        "peak_rss_gb": 5.0,
+        "huge_pages": huge_pages,
+    }
+
+
+def _write(path: Path, results: list, overrides: str = "{}") -> None:
+    config = {"batch_size": 2, "ours_overrides": overrides}
+    path.write_text(json.dumps({"config": config, "results": results}))
+
+
+def test_speedups_are_against_the_reimplementation_in_the_same_environment(tmp_path):
+    # both on huge pages in one run; the re-implementation also as it ships, in another
+    _write(tmp_path / "a.json", [_result("ours", 5.0, True), _result("published", 7.5, True)])
+    _write(tmp_path / "b.json", [_result("published", 9.0, False)])
+    _write(tmp_path / "c.json", [_result("ours", 6.0, False)], '{"optimizer_in_backward": true}')
+    rows = {
+        line.split(" | ")[0][2:]: line.split(" | ")
+        for line in perf_table.table(tmp_path).splitlines()[2:]
+    }
+    assert set(rows) == {
+        "L-MAC train (ours)",
+        "L-MAC train (published re-impl., huge pages)",
+        "L-MAC train (published re-impl.)",
+        "L-MAC train (ours, optimizer_in_backward: True, no huge pages)",
+    }
+    # speed-up: same run; vs fp32 re-impl.: the re-implementation on huge pages (7.5 s)
+    assert rows["L-MAC train (ours)"][-2:] == ["1.50x", "1.50x |"]
+    assert rows["L-MAC train (ours, optimizer_in_backward: True, no huge pages)"][-2:] == [
+        "",
+        "1.25x |",
+    ]
+    assert rows["L-MAC train (published re-impl.)"][-2:] == ["", " |"]
