@@ -109,7 +109,7 @@ class _PerSampleConvTranspose(torch.autograd.Function):
     (C_in, H W), i.e. (C_out kh kw, H W), the layout ``fold`` reads, then ``fold`` into the
     padded output, cropped by ``padding``. Backward, per sample: ``unfold`` of the zero-padded
     output gradient (the adjoint of fold + crop) gives the columns' gradient ``G``; then
-    ``grad x = W G`` and ``grad W += x G^T``. No tensor is transposed in memory.
+    ``grad x = W G`` and ``grad W += x G^T``. No tensor is transposed or padded in memory.
     """
 
     @staticmethod
@@ -143,13 +143,14 @@ class _PerSampleConvTranspose(torch.autograd.Function):
         w2 = weight.reshape(C, c_out * kh * kw)
         x3 = x.reshape(B, C, H * W)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        padded = F.pad(grad_out, (pw, pw, ph, ph)) if ph or pw else grad_out
         grad_x = x.new_empty(B, C, H * W) if need_x else None
         grad_w = x.new_zeros(C, c_out * kh * kw) if need_w else None
         if need_x or need_w:
             cols = x.new_empty(c_out * kh * kw, H * W)  # one buffer for every sample
-            for b in range(B):  # cols = unfold(padded[b])
-                torch.ops.aten.im2col.out(padded[b], (kh, kw), (1, 1), (0, 0), (sh, sw), out=cols)
+            for b in range(B):  # cols = unfold(grad_out[b] zero-padded by padding)
+                torch.ops.aten.im2col.out(
+                    grad_out[b], (kh, kw), (1, 1), (ph, pw), (sh, sw), out=cols
+                )
                 if need_x:
                     torch.mm(w2, cols, out=grad_x[b])
                 if need_w:
