@@ -232,6 +232,70 @@ def flop_figures(step, seconds: float, args) -> dict:
     return figures
 
 
+def _run_child(args, impl: str, stage: str, flops: int) -> dict:
+    """Time one (implementation, stage) in a fresh process; print and return its result."""
+    cmd = [sys.executable, __file__, args.output, "--impl", impl, "--stage", stage]
+    for key in (
+        "device",
+        "precision",
+        "batch_size",
+        "seconds",
+        "iters",
+        "warmup",
+        "threads",
+        "peak_tflops",
+        "ours_overrides",
+    ):
+        cmd += [f"--{key}", str(getattr(args, key))]
+    cmd += ["--flops", str(flops)]
+    env = os.environ.copy()
+    huge = args.huge_pages == "both" or (args.huge_pages == "ours" and impl == "ours")
+    env["THP_MEM_ALLOC_ENABLE"] = "1" if huge else "0"  # read when torch loads
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{impl}/{stage} failed:\n{proc.stderr[-3000:]}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    mem = r.get("peak_cuda_gb", r["peak_rss_gb"])
+    rate = f"  {r['tflops_per_s']:7.3f} TFLOP/s" if "tflops_per_s" in r else ""
+    if "fraction_of_peak" in r:
+        rate += f" ({100 * r['fraction_of_peak']:.1f} % of peak)"
+    print(
+        f"{impl:10s} {stage:5s} {args.precision:5s} batch {args.batch_size:3d} "
+        f"{r['seconds_per_batch']:8.2f} s/batch {r['clips_per_s']:7.2f} clips/s  "
+        f"peak {mem:5.2f} GB{rate}{'  huge pages' if r['huge_pages'] else ''}",
+        flush=True,
+    )
+    return r
+
+
+def _merge_rounds(runs: list, peak_tflops: float = 0.0) -> list:
+    """One result per (implementation, stage): the median over every timed batch of every
+    round, the largest peak memory, the FLOP figures of the round that counted them."""
+    merged = {}
+    for r in runs:
+        key = (r["impl"], r["stage"])
+        if key not in merged:
+            merged[key] = {**r, "rounds": 1, "round_seconds": [r["seconds_per_batch"]]}
+            continue
+        m = merged[key]
+        m["rounds"] += 1
+        m["round_seconds"].append(r["seconds_per_batch"])
+        m["all_times"] = m["all_times"] + r["all_times"]
+        for mem in ("peak_rss_gb", "peak_cuda_gb"):
+            if mem in r:
+                m[mem] = max(m[mem], r[mem])
+    for m in merged.values():
+        m["seconds_per_batch"] = sorted(m["all_times"])[len(m["all_times"]) // 2]
+        m["clips_per_s"] = m["batch_size"] / m["seconds_per_batch"]
+        if "flops_per_clip" in m:  # the rate at the merged time
+            m["tflops_per_s"] = (
+                m["flops_per_clip"] * m["batch_size"] / m["seconds_per_batch"] / 1e12
+            )
+            if peak_tflops:
+                m["fraction_of_peak"] = m["tflops_per_s"] / peak_tflops
+    return list(merged.values())
+
+
 def main(argv=None) -> list:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("output", help="JSON file for the results")
@@ -265,46 +329,32 @@ def main(argv=None) -> list:
         "each recipe ships (our package turns it on, the published recipe does not); both (the "
         "same environment); none",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every configuration this many times, each round in the reverse order of "
+        "the implementations (ours, published, then published, ours), so that a machine "
+        "drifting over the run slows both alike; the figures are the median of every round",
+    )
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.impl:  # child process
         print(json.dumps(child(args)))
         return []
-    results = []
-    for impl in args.impls.split(","):
-        for stage in args.stages.split(","):
-            cmd = [sys.executable, __file__, args.output, "--impl", impl, "--stage", stage]
-            for key in (
-                "device",
-                "precision",
-                "batch_size",
-                "seconds",
-                "iters",
-                "warmup",
-                "threads",
-                "flops",
-                "peak_tflops",
-                "ours_overrides",
-            ):
-                cmd += [f"--{key}", str(getattr(args, key))]
-            env = os.environ.copy()
-            huge = args.huge_pages == "both" or (args.huge_pages == "ours" and impl == "ours")
-            env["THP_MEM_ALLOC_ENABLE"] = "1" if huge else "0"  # read when torch loads
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{impl}/{stage} failed:\n{proc.stderr[-3000:]}")
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            r = results[-1]
-            mem = r.get("peak_cuda_gb", r["peak_rss_gb"])
-            rate = f"  {r['tflops_per_s']:7.3f} TFLOP/s" if "tflops_per_s" in r else ""
-            if "fraction_of_peak" in r:
-                rate += f" ({100 * r['fraction_of_peak']:.1f} % of peak)"
+    runs = []
+    impls = args.impls.split(",")
+    for rnd in range(args.rounds):  # each round reverses the order of the implementations
+        for impl in impls if rnd % 2 == 0 else impls[::-1]:
+            for stage in args.stages.split(","):
+                runs.append(_run_child(args, impl, stage, args.flops if rnd == 0 else 0))
+    results = _merge_rounds(runs, args.peak_tflops)
+    if args.rounds > 1:
+        for r in results:
             print(
-                f"{impl:10s} {stage:5s} {args.precision:5s} batch {args.batch_size:3d} "
-                f"{r['seconds_per_batch']:8.2f} s/batch {r['clips_per_s']:7.2f} clips/s  "
-                f"peak {mem:5.2f} GB{rate}{'  huge pages' if r['huge_pages'] else ''}",
-                flush=True,
+                f"{r['impl']:10s} {r['stage']:5s} {args.rounds} rounds: median "
+                f"{r['seconds_per_batch']:.2f} s/batch over {len(r['all_times'])} batches"
             )
     by = {(r["impl"], r["stage"]): r["seconds_per_batch"] for r in results}
     for stage in args.stages.split(","):

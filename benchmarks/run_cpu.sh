@@ -2,12 +2,14 @@
 # Every CPU row of README's performance table, in one script (20 to 35 minutes on a 2-core CPU
 # with nothing else running; each configuration in its own process, 2 torch threads, fp32):
 #   1. L-MAC (benchmarks/bench_lmac.py): ours and the published step re-implemented with
-#      SpeechBrain's modules, training and evaluation, batch 2 (median of 3 after 1 warm-up);
-#      ours with optimizer_in_backward (training peak RSS)
+#      SpeechBrain's modules, training and evaluation, batch 2 (two rounds, the second in the
+#      reverse order, 3 timed batches after 1 warm-up each: the median of 6); ours with
+#      optimizer_in_backward (training peak RSS)
 #   2. AMT (benchmarks/bench_amt.py): FocalNet-B and ViT-B, ours and the published step
 #      re-implemented with transformers, batch 2 (median of 3) and 16 (1 batch)
 #   3. the data pipeline alone (benchmarks/bench_data_cache.py), 0 and 2 workers
-#   4. L-MAC at batch 16 (one timed batch per configuration, no warm-up: about 15 minutes)
+#   4. L-MAC at batch 16 (one timed batch after one warm-up per configuration, and ours with
+#      optimizer_in_backward: about 12 minutes)
 #   5. oneDNN's transposed convolution checked against ours (benchmarks/check_conv_transpose.py),
 #      and each decoder layer timed both ways (benchmarks/bench_decoder_layers.py)
 #   6. the table (benchmarks/perf_table.py), also written to OUT/table.md
@@ -27,7 +29,8 @@ mkdir -p "$OUT"
 THREADS=${THREADS:-2}
 
 echo "== L-MAC fp32 batch 2 (ours + published re-implementation, train + eval, both on huge pages)"
-python benchmarks/bench_lmac.py "$OUT/lmac_fp32_b2.json" --threads "$THREADS" --huge_pages both
+python benchmarks/bench_lmac.py "$OUT/lmac_fp32_b2.json" --threads "$THREADS" --huge_pages both \
+    --rounds 2
 echo "== L-MAC fp32 batch 2, the published re-implementation as it ships (no huge pages)"
 python benchmarks/bench_lmac.py "$OUT/lmac_fp32_b2_published_shipped.json" --impls published \
     --threads "$THREADS" --huge_pages ours
@@ -43,9 +46,13 @@ echo "== data pipeline (0 and 2 workers)"
 python benchmarks/bench_data_cache.py "$OUT/data_pipeline.json" --n_classes 10 \
     --clips_per_class_per_fold 8 --epochs 2 --threads "$THREADS"
 if [ "${SKIP_B16:-0}" != 1 ]; then
-    echo "== L-MAC fp32 batch 16 (1 timed batch each)"
+    echo "== L-MAC fp32 batch 16 (1 timed batch after 1 warm-up each)"
     python benchmarks/bench_lmac.py "$OUT/lmac_fp32_b16.json" --threads "$THREADS" \
-        --batch_size 16 --iters 1 --warmup 0 --flops 0 --huge_pages both
+        --batch_size 16 --iters 1 --warmup 1 --flops 0 --huge_pages both
+    echo "== L-MAC fp32 batch 16, ours with optimizer_in_backward (training)"
+    python benchmarks/bench_lmac.py "$OUT/lmac_fp32_b16_oib.json" --impls ours --stages train \
+        --threads "$THREADS" --batch_size 16 --iters 1 --warmup 1 --flops 0 \
+        --ours_overrides '{"optimizer_in_backward": true, "max_grad_norm": 0}'
 fi
 echo "== oneDNN's transposed convolution against ours on convt5's shape (batch 8, 12 calls)"
 python benchmarks/check_conv_transpose.py "$OUT/check/conv_transpose.json" --threads "$THREADS"

@@ -108,30 +108,32 @@ class _PerSampleConvTranspose(torch.autograd.Function):
     """Transposed convolution (no dilation, groups or output padding) sample by sample.
 
     Forward, per sample: ``cols = W^T x`` with ``W`` as (C_in, C_out kh kw) and ``x`` as
-    (C_in, H W), i.e. (C_out kh kw, H W), the layout ``fold`` reads, then ``fold`` into the
-    padded output, cropped by ``padding``. Backward, per sample: ``unfold`` of the zero-padded
-    output gradient (the adjoint of fold + crop) gives the columns' gradient ``G``; then
-    ``grad x = W G`` and ``grad W += x G^T``. No tensor is transposed or padded in memory.
+    (C_in, H W), i.e. (C_out kh kw, H W), the layout ``fold`` reads, then ``fold`` with the
+    padding (what lands on the cropped border is dropped) straight into the contiguous
+    output, and the bias added there in place. Backward, per sample: ``unfold`` of the output
+    gradient with the padding (the adjoint of fold + crop) gives the columns' gradient ``G``;
+    then ``grad x = W G`` and ``grad W += x G^T``. No tensor is transposed or padded in memory.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding):
+        x = x.contiguous()  # one copy of a cropped input, kept for the backward pass
         B, C, H, W = x.shape
         c_out, kh, kw = weight.shape[1:]
         (sh, sw), (ph, pw) = stride, padding
-        hp, wp = (H - 1) * sh + kh, (W - 1) * sw + kw  # padded output
+        h_out, w_out = (H - 1) * sh - 2 * ph + kh, (W - 1) * sw - 2 * pw + kw
         w2 = weight.reshape(C, c_out * kh * kw)
-        x3 = x.reshape(B, C, H * W)
-        out = x.new_empty(B, c_out, hp, wp)
+        x3 = x.view(B, C, H * W)
+        out = x.new_empty(B, c_out, h_out, w_out)
         cols = x.new_empty(c_out * kh * kw, H * W)
         for b in range(B):
             torch.mm(w2.t(), x3[b], out=cols)
+            # col2im with the padding: the cropped output, written contiguous
             torch.ops.aten.col2im.out(
-                cols, (hp, wp), (kh, kw), (1, 1), (0, 0), (sh, sw), out=out[b]
+                cols, (h_out, w_out), (kh, kw), (1, 1), (ph, pw), (sh, sw), out=out[b]
             )
-        out = out[:, :, ph : hp - ph, pw : wp - pw]
-        if bias is not None:
-            out = out + bias[None, :, None, None]
+            if bias is not None:
+                out[b].add_(bias[:, None, None])
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
         return out
@@ -143,7 +145,7 @@ class _PerSampleConvTranspose(torch.autograd.Function):
         B, C, H, W = x.shape
         c_out, kh, kw = weight.shape[1:]
         w2 = weight.reshape(C, c_out * kh * kw)
-        x3 = x.reshape(B, C, H * W)
+        x3 = x.view(B, C, H * W)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = x.new_empty(B, C, H * W) if need_x else None
         grad_w = x.new_zeros(C, c_out * kh * kw) if need_w else None
