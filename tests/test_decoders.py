@@ -270,3 +270,40 @@ def test_package_puts_tensors_on_huge_pages(tmp_path):
     setting, huge_kb = run(THP_MEM_ALLOC_ENABLE="0")
     assert setting == "0"
     assert (huge_kb > 0) == (mode == "always")  # nobody asks: only if the kernel always does
+
+
+@pytest.mark.parametrize("mode", ["grad", "inference"])
+def test_col2im_split_over_threads_is_the_same_fold(monkeypatch, mode):
+    """The per-sample forward's fold split into channel groups, one per torch thread (forced
+    here on small shapes), gives the values of one col2im call, with autograd and under
+    inference_mode (thread-local, so the worker threads must be given it)."""
+    from audio_interpretability.models import decoders
+
+    torch.manual_seed(0)
+    layer = decoders.GemmConvTranspose2d(6, 5, (3, 4), (2, 2), (0, 1))
+    x = torch.randn(2, 6, 7, 9)
+    expected = torch.nn.ConvTranspose2d.forward(layer, x)
+    monkeypatch.setattr(decoders, "COL2IM_SPLIT_MIN", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # 5 channels in groups of 1, 2, 2
+    try:
+        if mode == "inference":
+            with torch.inference_mode():
+                out = layer(x)
+        else:
+            out = layer(x.requires_grad_())
+            out.sum().backward()
+            assert x.grad is not None and layer.weight.grad is not None
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(out, expected)
+
+
+def test_col2im_pool_is_rebuilt_in_a_forked_process(monkeypatch):
+    """A forked process has none of its parent's threads: the pool is made again there."""
+    from audio_interpretability.models import decoders
+
+    pool = decoders._col2im_pool(1)
+    assert decoders._col2im_pool(1) is pool
+    monkeypatch.setattr(decoders, "_POOL_PID", -1)  # as seen from a child process
+    assert decoders._col2im_pool(1) is not pool

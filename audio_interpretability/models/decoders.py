@@ -6,6 +6,9 @@ Authors
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 import torch.nn.functional as F
 
@@ -18,6 +21,12 @@ MAX_FRAME_DIFF = 8  # align_frames refuses larger frame differences (wrong input
 # between convt4 (C_in / (H W) = 3.9: per sample 0.178 s against 0.218 s, forward + backward at
 # batch 2) and convt3 (16: one product 0.88 s against 1.04 s), on a 2-core Xeon with AVX-512
 ROWS_RATIO = 8
+# col2im (fold) runs on one core in torch 2.11: _col2im splits a sample's output channels over
+# torch.get_num_threads() threads when its columns hold at least COL2IM_SPLIT_MIN values
+# (convt8's fold at batch 2: 58 ms on one core, 29 ms on two)
+COL2IM_SPLIT_MIN = 1 << 20
+_POOL: ThreadPoolExecutor | None = None
+_POOL_PID = 0
 
 
 def _fit_frames(x: torch.Tensor, n_frames: int, dim: int) -> torch.Tensor:
@@ -129,9 +138,7 @@ class _PerSampleConvTranspose(torch.autograd.Function):
         for b in range(B):
             torch.mm(w2.t(), x3[b], out=cols)
             # col2im with the padding: the cropped output, written contiguous
-            torch.ops.aten.col2im.out(
-                cols, (h_out, w_out), (kh, kw), (1, 1), (ph, pw), (sh, sw), out=out[b]
-            )
+            _col2im(cols, out[b], (kh, kw), (ph, pw), (sh, sw))
             if bias is not None:
                 out[b].add_(bias[:, None, None])
         ctx.save_for_backward(x, weight)
@@ -167,6 +174,42 @@ class _PerSampleConvTranspose(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _col2im_pool(workers: int) -> ThreadPoolExecutor:
+    """The threads :func:`_col2im` hands channel groups to (a new pool in a forked process,
+    whose parent's threads it does not have)."""
+    global _POOL, _POOL_PID
+    if _POOL is None or _POOL_PID != os.getpid() or _POOL._max_workers < workers:
+        _POOL = ThreadPoolExecutor(workers, thread_name_prefix="col2im")
+        _POOL_PID = os.getpid()
+    return _POOL
+
+
+def _col2im(cols: torch.Tensor, out: torch.Tensor, kernel, padding, stride) -> None:
+    """``out[:] = col2im(cols)`` for one sample: ``cols`` (C kh kw, H W), ``out`` (C, h, w),
+    both contiguous. torch's col2im is a loop on one core; with several torch threads and
+    enough work, the channels are split into groups, each folded by its own thread (torch's
+    operators release the GIL), the same values as one call."""
+    c_out = out.shape[0]
+    parts = min(torch.get_num_threads(), c_out)
+    args = (out.shape[1:], kernel, (1, 1), padding, stride)
+    if parts < 2 or cols.numel() < COL2IM_SPLIT_MIN:
+        torch.ops.aten.col2im.out(cols, *args, out=out)
+        return
+    inference = torch.is_inference_mode_enabled()  # thread-local: the workers get it passed
+
+    def fold(lo: int, hi: int) -> None:
+        with torch.inference_mode(inference):
+            k = cols.shape[0] // c_out
+            torch.ops.aten.col2im.out(cols[lo * k : hi * k], *args, out=out[lo:hi])
+
+    bounds = [c_out * i // parts for i in range(parts + 1)]
+    pool = _col2im_pool(parts - 1)
+    futures = [pool.submit(fold, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    fold(bounds[0], bounds[1])
+    for future in futures:
+        future.result()
 
 
 def skip_cropped_inputs(x: torch.Tensor, kernel, stride, padding) -> tuple[torch.Tensor, tuple]:
