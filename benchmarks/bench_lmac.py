@@ -201,6 +201,7 @@ def child(args) -> dict:
         "seconds_per_batch": seconds,
         "clips_per_s": args.batch_size / seconds,
         "all_times": times,
+        # GiB (ru_maxrss is in KiB), as peak_cuda_gb; the key keeps its first name
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
         "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
     }
@@ -262,7 +263,7 @@ def _run_child(args, impl: str, stage: str, flops: int) -> dict:
     print(
         f"{impl:10s} {stage:5s} {args.precision:5s} batch {args.batch_size:3d} "
         f"{r['seconds_per_batch']:8.2f} s/batch {r['clips_per_s']:7.2f} clips/s  "
-        f"peak {mem:5.2f} GB{rate}{'  huge pages' if r['huge_pages'] else ''}",
+        f"peak {mem:5.2f} GiB{rate}{'  huge pages' if r['huge_pages'] else ''}",
         flush=True,
     )
     return r

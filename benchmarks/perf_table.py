@@ -133,7 +133,7 @@ def table(folder: Path) -> str:
         ref = fp32_ref.get((r.get("stage"), r["batch"])) if r.get("impl") == "ours" else None
         r["vs_fp32"] = ref / r["s"] if ref else None
     lines = [
-        "| what | precision | batch | s/batch | clips/s | peak memory GB | GFLOP/clip | "
+        "| what | precision | batch | s/batch | clips/s | peak memory GiB | GFLOP/clip | "
         "TFLOP/s | % of peak | speed-up | vs fp32 re-impl. |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
