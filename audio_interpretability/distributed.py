@@ -24,6 +24,7 @@ Authors
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import math
@@ -42,12 +43,36 @@ __all__ = [
     "ShardSampler",
     "all_reduce_sum",
     "choose_distributed_backend",
+    "destroy_process_group_at_exit",
     "gather_process_states",
     "own_process_state",
     "is_distributed",
     "process_rank",
     "world_size",
 ]
+
+
+_DESTROY_REGISTERED = False
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy the process group when the interpreter exits (a no-op without one).
+
+    A process that exits with its gloo process group alive can die with SIGABRT ("terminate
+    called without an active exception") while Python is being torn down: gloo's worker
+    threads still hold work that needs the interpreter (pytorch/pytorch#190489). torchrun then
+    reports the whole run as failed although every file was written. An ``atexit`` handler
+    runs while the interpreter is still whole; it is registered once.
+    """
+    global _DESTROY_REGISTERED
+    if not _DESTROY_REGISTERED and dist.is_available() and dist.is_initialized():
+        atexit.register(_destroy_process_group)
+        _DESTROY_REGISTERED = True
 
 
 def is_distributed() -> bool:

@@ -29,7 +29,10 @@ from audio_interpretability.data.wham import (
     resolve_wham_folder,
     wham_noise_in_workers,
 )
-from audio_interpretability.distributed import choose_distributed_backend
+from audio_interpretability.distributed import (
+    choose_distributed_backend,
+    destroy_process_group_at_exit,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +98,7 @@ def load_recipe(argv=None, create_experiment: bool = True) -> tuple[dict, dict]:
         )
     run_opts = choose_distributed_backend(run_opts)  # torchrun on the CPU: gloo
     sb.utils.distributed.ddp_init_group(run_opts)
+    destroy_process_group_at_exit()  # no SIGABRT at exit under torchrun (gloo)
     unwritable = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST)
     fix = "pass an --output_folder you can write to (checkpoints, logs and results go there)"
     try:

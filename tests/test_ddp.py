@@ -306,6 +306,24 @@ def test_gloo_is_chosen_on_the_cpu(monkeypatch):
     assert choose_distributed_backend(mpi) is mpi
 
 
+def test_process_group_is_destroyed_at_exit(tmp_path):
+    """The recipes' atexit handler destroys the process group before Python is torn down
+    (a gloo group alive at finalisation can abort the process: SIGABRT under torchrun)."""
+    script = f"""
+import atexit
+import torch.distributed as dist
+from audio_interpretability.distributed import destroy_process_group_at_exit
+destroy_process_group_at_exit()  # no group yet: nothing registered
+atexit.register(lambda: print("group alive at exit:", dist.is_initialized()))
+dist.init_process_group("gloo", init_method="file://{tmp_path / "init"}", rank=0, world_size=1)
+destroy_process_group_at_exit()
+destroy_process_group_at_exit()  # registered once
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "group alive at exit: False" in proc.stdout  # atexit runs last-in first-out
+
+
 def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
