@@ -45,10 +45,10 @@ class GemmConvTranspose2d(torch.nn.ConvTranspose2d):
     (col2im) instead of oneDNN's transposed convolution: the same function up to float
     rounding, the same parameters and state dict.
 
-    Two reasons. Speed: the paper-size decoder's forward + backward at batch 2 is 1.45x faster
-    than with oneDNN (``benchmarks/bench_decoder_layers.py``, 2 threads; at batch 16
-    ``convt4``, ``convt6`` and ``convt7`` are a little slower than oneDNN, ``convt5`` and
-    ``convt9`` much faster). Correctness: oneDNN's multi-threaded transposed convolution in
+    Two reasons. Speed: the paper-size decoder's forward + backward at batch 2 is 1.6x faster
+    than with oneDNN (``benchmarks/bench_decoder_layers.py``, 2 threads on a 2-core Xeon:
+    4.61 s against 7.44 s, every layer faster, ``convt4`` only just; at batch 16, measured
+    before the fold was split over threads, 1.43x, ``convt4`` 0.94x). Correctness: oneDNN's multi-threaded transposed convolution in
     torch 2.11 sometimes returns wrong values for ``convt5``'s shape at batch 8 and more
     (2048 -> 1024 channels, kernel (3, 5), stride 2, on a 53 x 18 grid: thousands of outputs
     off by up to 0.8, in 1 to 6 calls of 12 on a 2-core Xeon with AVX-512; 1 thread is
