@@ -52,9 +52,6 @@ __all__ = [
 ]
 
 
-_DESTROY_REGISTERED = False
-
-
 def _destroy_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -69,10 +66,9 @@ def destroy_process_group_at_exit() -> None:
     reports the whole run as failed although every file was written. An ``atexit`` handler
     runs while the interpreter is still whole; it is registered once.
     """
-    global _DESTROY_REGISTERED
-    if not _DESTROY_REGISTERED and dist.is_available() and dist.is_initialized():
+    if dist.is_available() and dist.is_initialized():
+        atexit.unregister(_destroy_process_group)  # once, however often this is called
         atexit.register(_destroy_process_group)
-        _DESTROY_REGISTERED = True
 
 
 def is_distributed() -> bool:

@@ -48,8 +48,8 @@ class GemmConvTranspose2d(torch.nn.ConvTranspose2d):
     Two reasons. Speed: the paper-size decoder's forward + backward at batch 2 is 1.6x faster
     than with oneDNN (``benchmarks/bench_decoder_layers.py``, 2 threads on a 2-core Xeon:
     4.61 s against 7.44 s, every layer faster, ``convt4`` only just; at batch 16, measured
-    before the fold was split over threads, 1.43x, ``convt4`` 0.94x). Correctness: oneDNN's multi-threaded transposed convolution in
-    torch 2.11 sometimes returns wrong values for ``convt5``'s shape at batch 8 and more
+    before the fold was split over threads, 1.43x, ``convt4`` 0.94x). Correctness: oneDNN's
+    multi-threaded transposed convolution in torch 2.11 sometimes returns wrong values for ``convt5``'s shape at batch 8 and more
     (2048 -> 1024 channels, kernel (3, 5), stride 2, on a 53 x 18 grid: thousands of outputs
     off by up to 0.8, in 1 to 6 calls of 12 on a 2-core Xeon with AVX-512; 1 thread is
     right). ``benchmarks/check_conv_transpose.py`` checks a machine.
@@ -181,6 +181,8 @@ def _col2im_pool(workers: int) -> ThreadPoolExecutor:
     whose parent's threads it does not have)."""
     global _POOL, _POOL_PID
     if _POOL is None or _POOL_PID != os.getpid() or _POOL._max_workers < workers:
+        if _POOL is not None:  # too small (more torch threads now) or the parent's: let it go
+            _POOL.shutdown(wait=False)
         _POOL = ThreadPoolExecutor(workers, thread_name_prefix="col2im")
         _POOL_PID = os.getpid()
     return _POOL
@@ -198,10 +200,10 @@ def _col2im(cols: torch.Tensor, out: torch.Tensor, kernel, padding, stride) -> N
         torch.ops.aten.col2im.out(cols, *args, out=out)
         return
     inference = torch.is_inference_mode_enabled()  # thread-local: the workers get it passed
+    k = cols.shape[0] // c_out  # rows of cols per channel (kh kw)
 
     def fold(lo: int, hi: int) -> None:
         with torch.inference_mode(inference):
-            k = cols.shape[0] // c_out
             torch.ops.aten.col2im.out(cols[lo * k : hi * k], *args, out=out[lo:hi])
 
     bounds = [c_out * i // parts for i in range(parts + 1)]
