@@ -274,15 +274,19 @@ def test_package_puts_tensors_on_huge_pages(tmp_path):
 
 @pytest.mark.parametrize("mode", ["grad", "inference"])
 def test_col2im_split_over_threads_is_the_same_fold(monkeypatch, mode):
-    """The per-sample forward's fold split into channel groups, one per torch thread (forced
-    here on small shapes), gives the values of one col2im call, with autograd and under
-    inference_mode (thread-local, so the worker threads must be given it)."""
+    """The per-sample forward's fold and the backward's unfold split into channel groups,
+    one per torch thread (forced here on small shapes), give the values and gradients of one
+    col2im / im2col call, with autograd and under inference_mode (thread-local, so the worker
+    threads must be given it)."""
     from audio_interpretability.models import decoders
 
     torch.manual_seed(0)
     layer = decoders.GemmConvTranspose2d(6, 5, (3, 4), (2, 2), (0, 1))
     x = torch.randn(2, 6, 7, 9)
-    expected = torch.nn.ConvTranspose2d.forward(layer, x)
+    expected = torch.nn.ConvTranspose2d.forward(layer, x.requires_grad_())
+    weights = torch.randn_like(expected)  # a loss whose gradient differs per output channel
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (x, layer.weight))
+    x = x.detach()
     monkeypatch.setattr(decoders, "COL2IM_SPLIT_MIN", 0)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)  # 5 channels in groups of 1, 2, 2
@@ -292,11 +296,12 @@ def test_col2im_split_over_threads_is_the_same_fold(monkeypatch, mode):
                 out = layer(x)
         else:
             out = layer(x.requires_grad_())
-            out.sum().backward()
-            assert x.grad is not None and layer.weight.grad is not None
+            grads = torch.autograd.grad((out * weights).sum(), (x, layer.weight))
+            for got, want in zip(grads, expected_grads):
+                torch.testing.assert_close(got, want)
     finally:
         torch.set_num_threads(threads)
-    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out, expected.detach())
 
 
 def test_col2im_pool_is_rebuilt_in_a_forked_process(monkeypatch):
