@@ -124,6 +124,13 @@ def check_readme_options(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--readme and --block go together")
 
 
+def emit_table(args, text: str) -> None:
+    """Print ``text``, and write it into the README block of ``--readme`` / ``--block``."""
+    if args.readme:
+        write_block(args.readme, args.block, text)
+    print(text)
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", help="an eval.py output folder (one subfolder per setting)")
@@ -137,9 +144,7 @@ def main(argv=None) -> str:
         text = methods_table(args.folder, args.setting, tuple(args.order.split(",")))
     else:
         text = table(args.folder)
-    if args.readme:
-        write_block(args.readme, args.block, text)
-    print(text)
+    emit_table(args, text)
     return text
 
 

@@ -154,7 +154,7 @@ def main(argv=None) -> str:
     import argparse
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from metrics_table import add_readme_options, check_readme_options, write_block
+    from metrics_table import add_readme_options, check_readme_options, emit_table
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", help="folder of bench_lmac.py / bench_amt.py JSON files")
@@ -162,9 +162,7 @@ def main(argv=None) -> str:
     args = parser.parse_args(argv)
     check_readme_options(parser, args)
     text = table(Path(args.folder))
-    if args.readme:
-        write_block(args.readme, args.block, text)
-    print(text)
+    emit_table(args, text)
     return text
 
 

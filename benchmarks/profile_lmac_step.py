@@ -148,7 +148,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from metrics_table import add_readme_options, check_readme_options, write_block
+    from metrics_table import add_readme_options, check_readme_options, emit_table
 
     add_readme_options(parser)
     args = parser.parse_args(argv)
@@ -184,9 +184,7 @@ def main(argv=None) -> dict:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=1))
     text = markdown(result)
-    if args.readme:
-        write_block(args.readme, args.block, text)
-    print(text)
+    emit_table(args, text)
     return result
 
 
