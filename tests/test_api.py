@@ -3,7 +3,6 @@
 channels 2, as tests/test_single_sample.py) and AMT on a tiny FocalNet (as the contract test).
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import load_script
 from hyperpyyaml import load_hyperpyyaml
 
 from audio_interpretability import Interpreter, load_interpreter
@@ -83,11 +83,9 @@ def amt(tmp_path_factory, device) -> Interpreter:
 @pytest.fixture(scope="module")
 def trained_folder(tmp_path_factory, tiny_esc50, lmac_ckpt, device) -> Path:
     """An output folder of train_lmac.py: one epoch of the tiny decoder on one fold."""
-    spec = importlib.util.spec_from_file_location(
+    module = load_script(
         "api_train_lmac", ROOT / "recipes" / "ESC50" / "interpret" / "train_lmac.py"
     )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path_factory.mktemp("api") / "trained"
     options = {
         "data_folder": tiny_esc50,

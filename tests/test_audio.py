@@ -10,7 +10,6 @@ reader random bytes, random WAV header damage and random float arrays, and the E
 parser random rows. docs/RELIABILITY.md ("Bad audio") lists the cases and these tests.
 """
 
-import importlib.util
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import load_script
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
@@ -515,9 +515,7 @@ def test_ljspeech_nan_file_is_named(tmp_path):
 # Entry points: the classification recipe, eval.py --single_sample
 # --------------------------------------------------------------------------------------------
 def _load(name: str, relative: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(name, ROOT / relative)
     return module
 
 

@@ -3,12 +3,12 @@ ViT (four classifier passes per batch, the quantile mask, no FF), timed in the s
 and benchmarks/perf_table.py's rows for it. Tiny models (64 / 32 px images), 1 s clips."""
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 
 pytest.importorskip("transformers")
 
@@ -16,9 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(f"_{name}", ROOT / "benchmarks" / f"{name}.py")
     return module
 
 

@@ -1,12 +1,11 @@
 """benchmarks/bench_lmac.py: the rounds of one configuration merged into one result."""
 
-import importlib.util
 from pathlib import Path
 
+from helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("_bench_lmac", ROOT / "benchmarks" / "bench_lmac.py")
-bench_lmac = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_lmac)
+bench_lmac = load_script("_bench_lmac", ROOT / "benchmarks" / "bench_lmac.py")
 
 
 def _run(impl: str, times: list, rss: float, **extra) -> dict:

@@ -5,7 +5,6 @@ checkpointing and resuming, testing with the best checkpoint, export), not the a
 docs/CLASSIFIERS.md reports the accuracy runs.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import speechbrain as sb
 import torch
+from helpers import load_script
 from hyperpyyaml import load_hyperpyyaml
 
 from audio_interpretability.brains.classifier import ClassifierBrain, classification_report
@@ -34,11 +34,9 @@ TINY = {
 
 
 def _load_recipe():
-    spec = importlib.util.spec_from_file_location(
+    module = load_script(
         "classification_train", ROOT / "recipes" / "ESC50" / "classification" / "train.py"
     )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     return module
 
 

@@ -9,11 +9,11 @@ tiny_esc50 at batch 10: 3 training batches (folds 1-3, 30 clips) and 1 validatio
 (fold 4, 10 clips) per epoch.
 """
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.nnet.schedulers import CyclicLRScheduler, ReduceLROnPlateau
 
@@ -25,11 +25,9 @@ BASE_LR, MAX_LR, STEP_SIZE = 1e-6, 1e-2, 100
 
 
 def _load_recipe():
-    spec = importlib.util.spec_from_file_location(
+    module = load_script(
         "classification_train_lr", ROOT / "recipes" / "ESC50" / "classification" / "train.py"
     )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     return module
 
 

@@ -3,13 +3,13 @@ random tiny CNN14 (base_channels 2, emb_dim 64), L-MAC trained one epoch by trai
 PIQ loaded from a given checkpoint and Saliency, it writes comparison.json / .md / masks.png with a row per
 method plus the random mask; bad input fails before any work."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 from hyperpyyaml import load_hyperpyyaml
 
 from audio_interpretability.checkpoints import export_classifier
@@ -19,11 +19,7 @@ TINY_CNN14 = {"base_channels": 2, "emb_dim": 64}
 
 
 def load_compare():
-    spec = importlib.util.spec_from_file_location(
-        "compare_recipe", ROOT / "recipes" / "ESC50" / "interpret" / "compare.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("compare_recipe", ROOT / "recipes" / "ESC50" / "interpret" / "compare.py")
     return module
 
 

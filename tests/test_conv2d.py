@@ -6,12 +6,12 @@ The published ``classification/hparams/conv2d.yaml`` trains SpeechBrain's PIQ
 into the interpretation YAMLs' classifier keys.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 from hyperpyyaml import load_hyperpyyaml
 
 from audio_interpretability.checkpoints import load_classifier
@@ -25,11 +25,9 @@ EMB_DIM = 8
 
 
 def load_train():
-    spec = importlib.util.spec_from_file_location(
+    module = load_script(
         "classification_train", ROOT / "recipes" / "ESC50" / "classification" / "train.py"
     )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     return module
 
 

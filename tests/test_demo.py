@@ -4,12 +4,12 @@ command twice (in this process, then through run_demo.sh in a fresh one) writes 
 ``test_metrics.json`` files."""
 
 import functools
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("L-MAC", "L2I", "PIQ", "Saliency", "Grad-CAM", "AMT-FocalNet", "AMT-ViT")
@@ -17,9 +17,7 @@ METHODS = ("L-MAC", "L2I", "PIQ", "Saliency", "Grad-CAM", "AMT-FocalNet", "AMT-V
 
 @functools.cache
 def _demo():
-    spec = importlib.util.spec_from_file_location("_run_demo", ROOT / "recipes/ESC50/run_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("_run_demo", ROOT / "recipes/ESC50/run_demo.py")
     return module
 
 

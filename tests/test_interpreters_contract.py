@@ -8,7 +8,6 @@ Adding an interpreter = one entry in ``INTERPRETERS`` below: its YAML, tiny size
 write a (random) classifier checkpoint and, for trainable interpreters, a ``psi_model.ckpt``.
 """
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
+from helpers import load_script
 from hyperpyyaml import load_hyperpyyaml
 
 from audio_interpretability.checkpoints import export_classifier
@@ -62,11 +62,7 @@ OWN_KEYS = {"mask_fraction", "l2i_fid", "recons_err", "reg_loss", "fid_loss", "n
 
 
 def load_eval():
-    spec = importlib.util.spec_from_file_location(
-        "contract_eval", ROOT / "recipes" / "ESC50" / "interpret" / "eval.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("contract_eval", ROOT / "recipes" / "ESC50" / "interpret" / "eval.py")
     return module
 
 

@@ -1,9 +1,9 @@
 """L2I: the published loss and mask, published-layout checkpoints, the recipe and eval.py."""
 
-import importlib.util
 import json
 from pathlib import Path
 
+import helpers
 import pytest
 import speechbrain as sb
 import torch
@@ -30,10 +30,7 @@ TINY = {"base_channels": 2, "emb_dim": 64, "out_n_neurons": N_CLASSES, "K": K,
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return helpers.load_script(name, RECIPES / f"{name}.py")
 
 
 @pytest.fixture(scope="module")

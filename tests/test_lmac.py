@@ -1,6 +1,5 @@
 """L-MAC: the loss, the frozen classifier, the fine-tuning gate, and the training recipe."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -9,6 +8,7 @@ import pytest
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
+from helpers import load_script
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.batch import PaddedBatch
 
@@ -31,11 +31,7 @@ TINY = {"base_channels": 2, "emb_dim": 64, "decoder_width": 16, "out_n_neurons":
 
 
 def load_train_lmac():
-    spec = importlib.util.spec_from_file_location(
-        "train_lmac", ROOT / "recipes" / "ESC50" / "interpret" / "train_lmac.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("train_lmac", ROOT / "recipes" / "ESC50" / "interpret" / "train_lmac.py")
     return module
 
 

@@ -1,7 +1,6 @@
 """L-MAC evaluation (eval.py): both protocols end to end, their folds and multipliers, errors,
 single-file inference. The contamination formulas are tested in tests/test_ood.py."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import load_script
 
 from audio_interpretability.checkpoints import export_classifier
 from audio_interpretability.data.ood import (
@@ -27,11 +27,7 @@ OURS_SETTINGS = ("clean", "wham", "mixtures", "LJSpeech", "white_noise")
 
 
 def load_eval():
-    spec = importlib.util.spec_from_file_location(
-        "lmac_eval", ROOT / "recipes" / "ESC50" / "interpret" / "eval.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("lmac_eval", ROOT / "recipes" / "ESC50" / "interpret" / "eval.py")
     return module
 
 

@@ -1,12 +1,12 @@
 """The NMF dictionary of L2I: decomposition, masks, published checkpoints, the recipe."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.lobes.models.L2I import NMFDecoderAudio
 
@@ -153,9 +153,7 @@ def test_published_checkpoint_loads_through_the_yaml_key(tmp_path):
 
 # ------------------------------------------------------------------ the recipe
 def run_recipe(argv: list[str]) -> dict:
-    spec = importlib.util.spec_from_file_location("train_nmf", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("train_nmf", RECIPE)
     return module.main([str(YAML), *argv])
 
 

@@ -1,14 +1,13 @@
 """benchmarks/perf_table.py on bench_lmac.py JSON: which run each row is (huge pages or not,
 YAML overrides) and which re-implementation the speed-ups are against."""
 
-import importlib.util
 import json
 from pathlib import Path
 
+from helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("_perf_table", ROOT / "benchmarks" / "perf_table.py")
-perf_table = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(perf_table)
+perf_table = load_script("_perf_table", ROOT / "benchmarks" / "perf_table.py")
 
 
 def _result(impl: str, seconds: float, huge_pages: bool) -> dict:

@@ -1,9 +1,9 @@
 """PIQ: the published objective, the mask, published-layout psi checkpoints, the recipe, eval.py."""
 
-import importlib.util
 import json
 from pathlib import Path
 
+import helpers
 import pytest
 import speechbrain as sb
 import torch
@@ -38,10 +38,7 @@ TINY_VIT = {"img_size": 64, "patch_size": 16, "embed_dim": 16, "depth": 1, "num_
 
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return helpers.load_script(name, RECIPES / f"{name}.py")
 
 
 @pytest.fixture(scope="module")

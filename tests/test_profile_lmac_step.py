@@ -1,17 +1,13 @@
 """benchmarks/profile_lmac_step.py: operators grouped, their FLOP rates and the table."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location(
-    "_profile_lmac_step", ROOT / "benchmarks" / "profile_lmac_step.py"
-)
-profile_lmac_step = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(profile_lmac_step)
+profile_lmac_step = load_script("_profile_lmac_step", ROOT / "benchmarks" / "profile_lmac_step.py")
 
 
 def test_operators_are_grouped_with_their_flop_rates():

@@ -10,7 +10,6 @@
 See docs/COMING_FROM_SPEECHBRAIN.md.
 """
 
-import importlib.util
 import json
 import re
 import shlex
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 from hyperpyyaml import load_hyperpyyaml
 
 from audio_interpretability.checkpoints import export_classifier
@@ -313,9 +313,7 @@ def run_readme(name: str, paths: dict, extra: list[str]):
         command = command.replace(placeholder, value)
     python, script, *argv = shlex.split(command)
     assert python == "python" and (RECIPE_DIR / script).is_file()
-    spec = importlib.util.spec_from_file_location(f"readme_{name}", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(f"readme_{name}", script)
     return module.main(argv + extra + COMMON)
 
 

@@ -10,7 +10,6 @@ SIGKILL to its own process at a precise point: a training batch of a given epoch
 written but the folder is not renamed into place yet).
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import load_script
 
 from audio_interpretability.checkpointing import Checkpointer, apply_umask
 from audio_interpretability.checkpoints import export_classifier
@@ -440,12 +440,7 @@ def test_classifier_killed_mid_epoch_resumes_exactly(
 # Bad inputs fail at start-up
 # --------------------------------------------------------------------------------------------
 def load_lmac_recipe():
-    spec = importlib.util.spec_from_file_location(
-        "train_lmac", ROOT / "recipes" / "ESC50" / "interpret" / "train_lmac.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_lmac", ROOT / "recipes" / "ESC50" / "interpret" / "train_lmac.py")
 
 
 def test_missing_wham_test_split_fails_before_training(

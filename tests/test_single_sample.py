@@ -3,7 +3,6 @@ the output WAV streamed and complete, one JSON with each chunk's prediction, a b
 before any model work. (Peak memory against file length: benchmarks/bench_single_sample.py.)
 """
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import load_script
 
 from audio_interpretability.brains.evaluation import chunk_samples
 from audio_interpretability.data.audio import AudioError
@@ -22,11 +22,7 @@ RATE = 16000
 
 
 def load_eval():
-    spec = importlib.util.spec_from_file_location(
-        "single_sample_eval", ROOT / "recipes" / "ESC50" / "interpret" / "eval.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("single_sample_eval", ROOT / "recipes" / "ESC50" / "interpret" / "eval.py")
     return module
 
 

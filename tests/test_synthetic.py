@@ -1,7 +1,6 @@
 """Synthetic ESC-50 generator, its CLI, and ground-truth masks."""
 
 import csv
-import importlib.util
 import os
 import re
 
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import load_script
 
 from audio_interpretability.data.synthetic import (
     MAX_CLASSES,
@@ -166,11 +166,9 @@ def test_ground_truth_of_generated_clip_is_at_class_frequency():
 
 
 def test_cli_writes_layout(tmp_path):
-    spec = importlib.util.spec_from_file_location(
+    module = load_script(
         "prepare_synthetic", os.path.join(REPO, "recipes", "ESC50", "prepare_synthetic.py")
     )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out, wham = tmp_path / "synth", tmp_path / "wham"
     module.main(
         f"--output_folder {out} --n_classes 3 --clips_per_class_per_fold 1 --duration 0.5 "
