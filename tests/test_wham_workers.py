@@ -242,7 +242,9 @@ if "KILL_EPOCH" in os.environ:
         return loss
 
     LMAC.compute_objectives = compute_objectives
-recipe = load_script("recipe", recipe_path)
+spec = importlib.util.spec_from_file_location("recipe", recipe_path)
+recipe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(recipe)
 recipe.main(argv)
 """
 
