@@ -212,10 +212,9 @@ def child(args) -> dict:
     return result
 
 
-def flop_figures(step, seconds: float, args) -> dict:
-    """Model FLOPs of one step (``torch.utils.flop_counter``: matmuls and convolutions,
-    forward and backward), per clip, the rate reached and, with ``--peak_tflops``, its
-    fraction of the device's peak."""
+def count_flops(step):
+    """Run ``step`` once under ``torch.utils.flop_counter`` (matmuls and convolutions,
+    forward and backward); returns the counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
     def addmm_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
@@ -226,7 +225,13 @@ def flop_figures(step, seconds: float, args) -> dict:
     mapping = {torch.ops.aten.addmm_: addmm_flop}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         step()
-    flops = counter.get_total_flops()
+    return counter
+
+
+def flop_figures(step, seconds: float, args) -> dict:
+    """Model FLOPs of one step (:func:`count_flops`), per clip, the rate reached and, with
+    ``--peak_tflops``, its fraction of the device's peak."""
+    flops = count_flops(step).get_total_flops()
     figures = {"flops_per_clip": flops / args.batch_size, "tflops_per_s": flops / seconds / 1e12}
     if args.peak_tflops:
         figures["fraction_of_peak"] = figures["tflops_per_s"] / args.peak_tflops

@@ -34,7 +34,11 @@ import audio_interpretability  # noqa: F401 (first: huge pages on, as bench_lmac
 # isort: on
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHMARKS))
+import bench_lmac  # noqa: E402
+from metrics_table import add_readme_options, check_readme_options, emit_table  # noqa: E402
+
 GROUPS = {
     "matrix products": ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm"),
     "convolutions (oneDNN)": ("aten::mkldnn_convolution", "aten::convolution_backward"),
@@ -68,17 +72,10 @@ def _timed(fn) -> float:
 
 
 def flops_by_op(step) -> dict:
-    """FLOPs of one step per operator name (without overload), e.g. ``{"mm": 1.2e12}``."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    def addmm_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
-        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
-
-    mapping = {torch.ops.aten.addmm_: addmm_flop}  # bench_lmac.py's addition to the table
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        step()
+    """FLOPs of one step per operator name (without overload), e.g. ``{"mm": 1.2e12}``,
+    counted as ``bench_lmac.py`` counts them."""
     counts = {}
-    for op, n in counter.get_flop_counts().get("Global", {}).items():
+    for op, n in bench_lmac.count_flops(step).get_flop_counts().get("Global", {}).items():
         name = str(op).split(".")[1] if str(op).startswith("aten.") else str(op)
         counts[name] = counts.get(name, 0) + n
     return counts
@@ -147,9 +144,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--seconds", type=float, default=5.0, help="clip length")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from metrics_table import add_readme_options, check_readme_options, emit_table
-
     add_readme_options(parser)
     args = parser.parse_args(argv)
     check_readme_options(parser, args)
@@ -157,9 +151,6 @@ def main(argv=None) -> dict:
         parser.error(
             "--batch_size and --threads must be at least 1, --warmup at least 0, --seconds > 0"
         )
-    sys.path.insert(0, str(REPO))
-    import bench_lmac
-
     torch.set_num_threads(args.threads)
     peak = matmul_tflops()
     options = argparse.Namespace(

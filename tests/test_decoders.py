@@ -274,10 +274,10 @@ def test_package_puts_tensors_on_huge_pages(tmp_path):
 
 @pytest.mark.parametrize("mode", ["grad", "inference"])
 def test_col2im_split_over_threads_is_the_same_fold(monkeypatch, mode):
-    """The per-sample forward's fold and the backward's unfold split into channel groups,
-    one per torch thread (forced here on small shapes), give the values and gradients of one
-    col2im / im2col call, with autograd and under inference_mode (thread-local, so the worker
-    threads must be given it)."""
+    """The per-sample forward's fold split into channel groups, one per torch thread (forced
+    here on small shapes), gives the values of one col2im call, and the gradients through it
+    are ConvTranspose2d's, with autograd and under inference_mode (thread-local, so the
+    worker threads must be given it)."""
     from audio_interpretability.models import decoders
 
     torch.manual_seed(0)

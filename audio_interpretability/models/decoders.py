@@ -49,10 +49,11 @@ class GemmConvTranspose2d(torch.nn.ConvTranspose2d):
     than with oneDNN (``benchmarks/bench_decoder_layers.py``, 2 threads on a 2-core Xeon:
     4.61 s against 7.44 s, every layer faster, ``convt4`` only just; at batch 16, measured
     before the fold was split over threads, 1.43x, ``convt4`` 0.94x). Correctness: oneDNN's
-    multi-threaded transposed convolution in torch 2.11 sometimes returns wrong values for ``convt5``'s shape at batch 8 and more
-    (2048 -> 1024 channels, kernel (3, 5), stride 2, on a 53 x 18 grid: thousands of outputs
-    off by up to 0.8, in 1 to 6 calls of 12 on a 2-core Xeon with AVX-512; 1 thread is
-    right). ``benchmarks/check_conv_transpose.py`` checks a machine.
+    multi-threaded transposed convolution in torch 2.11 sometimes returns wrong values for
+    ``convt5``'s shape at batch 8 and more (2048 -> 1024 channels, kernel (3, 5), stride 2,
+    on a 53 x 18 grid: thousands of outputs off by up to 0.8, in 1 to 6 calls of 12 on a
+    2-core Xeon with AVX-512; 1 thread is right). ``benchmarks/check_conv_transpose.py``
+    checks a machine.
 
     A layer with many input channels per input position (``C_in >= ROWS_RATIO * H * W``) is
     one product over every position of the batch, ``(B H W, C_in) @ (C_in, C_out kh kw)``, then
