@@ -106,6 +106,85 @@ def test_gradient_reaches_the_spectrogram_and_every_parameter():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("frames", [96, 101])  # 101: odd sizes, the pooling drops a row
+def test_frozen_blocks_give_autograd_input_gradient_keeping_only_masks(frames):
+    """A frozen CNN14 in eval mode (L-MAC's masked passes, the gradient interpreters) takes
+    _FrozenConvBlock's backward: the same embedding and maps bit for bit, the input gradient
+    of autograd's graph up to float rounding, and per block only two boolean masks saved
+    (autograd's graph keeps the input and four fp32 maps)."""
+    torch.manual_seed(0)
+    model = Cnn14(emb_dim=32, base_channels=4).eval()
+    _randomise_norms(model)
+    X = torch.rand(2, frames, 513)
+
+    def run(frozen: bool):
+        model.requires_grad_(not frozen)
+        x = X.clone().requires_grad_()
+        saved = []
+
+        def pack(tensor):
+            saved.append(tensor)
+            return tensor
+
+        mel = model.input_from_spectrogram(x)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(mel, return_maps=True)
+        loss = (out.embedding * torch.linspace(-1, 1, 32)).sum() + out.maps[1].square().mean()
+        (grad,) = torch.autograd.grad(loss, x)
+        return out, grad, saved
+
+    with torch.no_grad():
+        reference = model(model.input_from_spectrogram(X), return_maps=True)
+    lean, lean_grad, lean_saved = run(frozen=True)
+    plain, plain_grad, plain_saved = run(frozen=False)
+    assert torch.equal(lean.embedding, reference.embedding)
+    for a, b in zip(lean.maps, reference.maps):
+        assert torch.equal(a, b)
+    assert lean_grad.abs().sum() > 0
+    torch.testing.assert_close(lean_grad, plain_grad, atol=1e-6, rtol=1e-4)
+    bool_maps = [t for t in lean_saved if t.dtype == torch.bool]
+    assert len(bool_maps) == 12  # two ReLU masks per block, six blocks
+
+    def fp32_bytes(tensors):  # each storage once
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+        return sum(storages.values())
+
+    params = {p.data_ptr() for p in model.parameters()}
+    lean_acts = [t for t in lean_saved if t.data_ptr() not in params and t.is_floating_point()]
+    plain_acts = [t for t in plain_saved if t.data_ptr() not in params and t.is_floating_point()]
+    # what is left: norm0's input and the embedding's max / mean
+    assert fp32_bytes(lean_acts) < 0.1 * fp32_bytes(plain_acts)
+
+
+def test_frozen_blocks_keep_autograd_when_a_layer_is_watched_or_trained():
+    """The lean backward is taken only when nothing else can be asked of the block: in
+    training mode, with a trainable parameter, or with a forward hook on an inner layer (a
+    Grad-CAM on ``conv_block6.conv2``) the block runs through autograd as before."""
+    from unittest import mock
+
+    from audio_interpretability.models import cnn14
+
+    model = Cnn14(emb_dim=16, base_channels=2).eval().requires_grad_(False)
+    x = torch.rand(1, 64, 80, requires_grad=True)
+    with mock.patch.object(
+        cnn14._FrozenConvBlock, "apply", wraps=cnn14._FrozenConvBlock.apply
+    ) as lean:
+        model(x)
+        assert lean.call_count == 6
+        handle = model.conv_block6.conv2.register_forward_hook(lambda m, i, o: None)
+        model(x)
+        assert lean.call_count == 11  # block 6 took autograd's path
+        handle.remove()
+        model.conv_block1.conv1.weight.requires_grad_(True)
+        model(x)
+        assert lean.call_count == 16
+        model.train()
+        model(x)
+        with torch.no_grad():
+            model.eval()(x)
+        assert lean.call_count == 16
+
+
 def test_saliency_is_channel_norm_of_the_deepest_map():
     model = Cnn14(emb_dim=16, base_channels=2).eval()
     maps = model(torch.randn(2, 96, 80), return_maps=True).maps
