@@ -81,10 +81,10 @@ class ConvBlock(torch.nn.Module):
 
         That is: autograd records, the input needs a gradient, no parameter of the block
         does, both norms are batch norms in eval mode on their running statistics (an
-        affine map per channel), and no forward hook watches the block's inner layers. The frozen classifier of L-MAC's masked passes, and of every
-        gradient-based interpreter, is in that state; its backward is then
-        :class:`_FrozenConvBlock`'s, which keeps two boolean ReLU masks instead of four fp32
-        maps and the input.
+        affine map per channel), and no forward hook watches the block's inner layers. The
+        frozen classifier of L-MAC's masked passes, and of every gradient-based interpreter,
+        is in that state; its backward is then :class:`_FrozenConvBlock`'s, which keeps two
+        boolean ReLU masks instead of four fp32 maps and the input.
         """
         if not (torch.is_grad_enabled() and x.requires_grad) or self.training:
             return False
@@ -127,8 +127,9 @@ class _FrozenConvBlock(torch.autograd.Function):
     divided by 4; the odd last row / column gets none), ReLU mask, batch-norm scale,
     ``convolution_backward`` for the input (the operator autograd calls), and again. At the
     paper size, L-MAC's masked-in and masked-out classifier pass then keeps 33 MiB for its
-    backward instead of 277 MiB at batch 2, 0.26 GiB instead of 2.2 GiB at batch 16 (docs/LMAC.md
-    "Memory"). ``tests/test_cnn14.py`` checks the gradient against autograd's.
+    backward instead of 277 MiB at batch 2, 0.26 GiB instead of 2.2 GiB at batch 16
+    (docs/LMAC.md "Memory: the frozen classifier's backward"). ``tests/test_cnn14.py`` checks
+    the gradient against autograd's.
     """
 
     @staticmethod
