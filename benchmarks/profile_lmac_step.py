@@ -3,13 +3,14 @@
 Builds our L-MAC step as ``bench_lmac.py`` does (paper configuration: full-width CNN14 and
 decoder, 5 s clips), runs ``--warmup`` steps (the first has no Adam moments), then one step
 under ``torch.utils.flop_counter`` (FLOPs per operator) and one under ``torch.profiler`` (time
-per operator), and times a square fp32 matrix product (4096 x 4096, best of 5, before and after the steps)
-as the rate this machine's CPU reaches at its best. Groups: the matrix products (the decoder's transposed
-convolutions run as ``mm`` / ``addmm_``), the oneDNN convolutions (CNN14, forward and input
-gradient), fold / unfold (``col2im`` / ``im2col``), batch norm, and the rest. Times are the
-operators' self time in the profiler (summed over threads, so the shares can add up to more
-than the step); the profiled step is a little slower than an unprofiled one. The tensors are
-on transparent huge pages, as ``bench_lmac.py`` runs ours (``THP_MEM_ALLOC_ENABLE=0``: off).
+per operator), and times a square fp32 matrix product (4096 x 4096, best of 5, before and after
+the steps) as the rate this machine's CPU reaches at its best. Groups: the matrix products (the
+decoder's transposed convolutions run as ``mm`` / ``addmm_``), the oneDNN convolutions (CNN14,
+forward and input gradient), fold / unfold (``col2im`` / ``im2col``), batch norm, and the rest.
+Times are the operators' self time in the profiler (summed over threads, so the shares can add
+up to more than the step); the profiled step is a little slower than an unprofiled one. The
+tensors are on transparent huge pages, as ``bench_lmac.py`` runs ours
+(``THP_MEM_ALLOC_ENABLE=0``: off).
 
 Usage::
 

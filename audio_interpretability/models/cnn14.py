@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from speechbrain.processing.features import Filterbank
+from torch.nn.modules import module as _module
 
 from audio_interpretability.models.base import Backbone, BackboneOutput
 
@@ -69,12 +70,12 @@ class ConvBlock(torch.nn.Module):
         """(B, C_in, T, F) -> (B, C_out, T // 2, F // 2), or (B, C_out, T, F) without pooling."""
         if self.frozen_input_gradient(x):
             return _FrozenConvBlock.apply(x, self)
-        # In-place ReLU is safe: the norm layers' backward does not need their output.
-        x = F.relu_(self.norm1(self.conv1(x)))
-        x = F.relu_(self.norm2(self.conv2(x)))
-        if self.pool:
-            x = F.avg_pool2d(x, kernel_size=2)
-        return x
+        x = _conv_norm_relu(self.conv1, self.norm1, x)
+        return self._pooled(_conv_norm_relu(self.conv2, self.norm2, x))
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's 2x2 average pooling, if it has one."""
+        return F.avg_pool2d(x, kernel_size=2) if self.pool else x
 
     def frozen_input_gradient(self, x: torch.Tensor) -> bool:
         """True when only the input's gradient can be asked of this block.
@@ -99,11 +100,15 @@ class ConvBlock(torch.nn.Module):
         )
 
 
+def _conv_norm_relu(conv, norm, x: torch.Tensor) -> torch.Tensor:
+    """One layer of a block, as both of its paths run it. The in-place ReLU is safe: the norm
+    layers' backward does not need their output."""
+    return F.relu_(norm(conv(x)))
+
+
 def _global_hooks() -> bool:
     """Whether a global module forward hook is registered (they see every layer's output)."""
-    from torch.nn.modules import module
-
-    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
+    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
 
 
 def _bn_scale(norm: torch.nn.BatchNorm2d) -> torch.Tensor:
@@ -135,12 +140,12 @@ class _FrozenConvBlock(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, block: ConvBlock) -> torch.Tensor:
         with torch.no_grad():
-            y1 = F.relu_(block.norm1(block.conv1(x)))
+            y1 = _conv_norm_relu(block.conv1, block.norm1, x)
             mask1 = y1 > 0
-            y2 = F.relu_(block.norm2(block.conv2(y1)))
+            y2 = _conv_norm_relu(block.conv2, block.norm2, y1)
             del y1
             mask2 = y2 > 0
-            out = F.avg_pool2d(y2, kernel_size=2) if block.pool else y2
+            out = block._pooled(y2)
         ctx.block = block
         ctx.shapes = (x.shape, mask2.shape)
         ctx.dtypes = (x.dtype, out.dtype)
