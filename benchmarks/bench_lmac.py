@@ -15,6 +15,9 @@ Two implementations are timed, each configuration in its own subprocess so that 
   for the metrics (the decoder runs three times per batch). Its classifier is frozen too, which
   makes it faster than the original (that one also back-propagates into CNN14's weights).
 
+``--config tiny`` runs ours only on a small CNN14 and decoder, seconds per configuration: a
+dry run of the benchmark's flow (``benchmarks/run_gpu.sh`` with ``CONFIG=tiny``, tested).
+
 Usage::
 
     python benchmarks/bench_lmac.py results/bench/lmac_cpu.json
@@ -85,6 +88,8 @@ def _ours(stage: str, args):
         "save_interpretations": False,
         "num_threads": 0,
     }
+    if args.config == "tiny":  # a CNN14 of base 2 and a width-16 decoder: seconds per step
+        overrides.update(base_channels=2, emb_dim=64, decoder_width=16)
     overrides.update(json.loads(args.ours_overrides))
     with open(REPO / "hparams" / "lmac_cnn14.yaml") as f:
         hparams = load_hyperpyyaml(f, overrides)
@@ -251,6 +256,7 @@ def _run_child(args, impl: str, stage: str, flops: int) -> dict:
         "threads",
         "peak_tflops",
         "ours_overrides",
+        "config",
     ):
         cmd += [f"--{key}", str(getattr(args, key))]
     cmd += ["--flops", str(flops)]
@@ -343,12 +349,24 @@ def main(argv=None) -> list:
         "the implementations (ours, published, then published, ours), so that a machine "
         "drifting over the run slows both alike; the figures are the median of every round",
     )
+    parser.add_argument(
+        "--config",
+        default="paper",
+        choices=["paper", "tiny"],
+        help="paper: the paper configuration; tiny: ours only, a CNN14 of base 2 and a "
+        "width-16 decoder (a dry run of the benchmark's flow, e.g. run_gpu.sh on a CPU)",
+    )
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.impl:  # child process
         print(json.dumps(child(args)))
         return []
+    if args.config == "tiny" and "published" in args.impls.split(","):
+        parser.error(
+            "--config tiny times ours only (the published step is built from SpeechBrain's "
+            "full-size Cnn14 and CNN14PSI_stft): pass --impls ours"
+        )
     runs = []
     impls = args.impls.split(",")
     for rnd in range(args.rounds):  # each round reverses the order of the implementations

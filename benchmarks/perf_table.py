@@ -40,13 +40,14 @@ def label(impl: str, config: dict, huge_pages=None) -> str:
 def lmac_rows(data: dict) -> list[dict]:
     results = data["results"]
     by = {(r["impl"], r["stage"]): r for r in results}
+    tiny = " [tiny]" if data["config"].get("config") == "tiny" else ""  # bench_lmac --config tiny
     rows = []
     for r in results:
         ref = by.get(("published", r["stage"]))
         speedup = ref["seconds_per_batch"] / r["seconds_per_batch"] if ref else None
         rows.append(
             {
-                "what": f"L-MAC {r['stage']} ({label(r['impl'], data['config'], r.get('huge_pages'))})",
+                "what": f"L-MAC{tiny} {r['stage']} ({label(r['impl'], data['config'], r.get('huge_pages'))})",
                 "precision": r["precision"],
                 "batch": r.get("batch_size", data["config"]["batch_size"]),
                 "s": r["seconds_per_batch"],

@@ -8,6 +8,23 @@ def pytest_addoption(parser):
     parser.addoption(
         "--device", action="store", default="cpu", help="torch device for the tests (cpu, cuda)"
     )
+    parser.addoption(
+        "--device_tests_only",
+        action="store_true",
+        help="run only the tests that take the device fixture (what --device changes), e.g. "
+        "benchmarks/run_gpu.sh's short GPU pass",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """With ``--device_tests_only``, deselect the tests that do not use the ``device`` fixture."""
+    if not config.getoption("--device_tests_only"):
+        return
+    keep = [item for item in items if "device" in getattr(item, "fixturenames", ())]
+    deselected = [item for item in items if "device" not in getattr(item, "fixturenames", ())]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")
