@@ -43,6 +43,8 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16000
+MMAP_THRESHOLD_ENV = "AUDIO_INTERPRETABILITY_MMAP_THRESHOLD"  # as audio_interpretability
+MMAP_THRESHOLD = 1 << 30  # audio_interpretability.MMAP_THRESHOLD_DEFAULT
 
 
 def _batch(batch_size: int, seconds: float, device: str):
@@ -182,6 +184,16 @@ def _published(stage: str, args):
     return step
 
 
+def _mmap_threshold(impl: str) -> int:
+    """glibc's mmap threshold in this child, in bytes (0: glibc's default): ours gets the one
+    our package sets when imported, the re-implementation the environment's."""
+    if impl == "ours":
+        import audio_interpretability
+
+        return audio_interpretability.MMAP_THRESHOLD_SET
+    return int(os.environ.get("MALLOC_MMAP_THRESHOLD_", "0"))
+
+
 def child(args) -> dict:
     """Time one (implementation, stage) configuration in this process."""
     if args.threads:
@@ -209,6 +221,7 @@ def child(args) -> dict:
         # GiB (ru_maxrss is in KiB), as peak_cuda_gb; the key keeps its first name
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
         "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
+        "mmap_threshold": _mmap_threshold(args.impl),
     }
     if args.device.startswith("cuda"):
         result["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 1024**3
@@ -261,8 +274,13 @@ def _run_child(args, impl: str, stage: str, flops: int) -> dict:
         cmd += [f"--{key}", str(getattr(args, key))]
     cmd += ["--flops", str(flops)]
     env = os.environ.copy()
-    huge = args.huge_pages == "both" or (args.huge_pages == "ours" and impl == "ours")
-    env["THP_MEM_ALLOC_ENABLE"] = "1" if huge else "0"  # read when torch loads
+    settings = args.huge_pages == "both" or (args.huge_pages == "ours" and impl == "ours")
+    env["THP_MEM_ALLOC_ENABLE"] = "1" if settings else "0"  # read when torch loads
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    if impl == "ours":  # our package sets its threshold when imported, unless told 0
+        env[MMAP_THRESHOLD_ENV] = str(MMAP_THRESHOLD) if settings else "0"
+    elif settings:  # the same threshold for the re-implementation, through glibc's variable
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{impl}/{stage} failed:\n{proc.stderr[-3000:]}")
@@ -274,7 +292,8 @@ def _run_child(args, impl: str, stage: str, flops: int) -> dict:
     print(
         f"{impl:10s} {stage:5s} {args.precision:5s} batch {args.batch_size:3d} "
         f"{r['seconds_per_batch']:8.2f} s/batch {r['clips_per_s']:7.2f} clips/s  "
-        f"peak {mem:5.2f} GiB{rate}{'  huge pages' if r['huge_pages'] else ''}",
+        f"peak {mem:5.2f} GiB{rate}{'  huge pages' if r['huge_pages'] else ''}"
+        f"{'  freed memory kept' if r.get('mmap_threshold') else ''}",
         flush=True,
     )
     return r
@@ -337,9 +356,10 @@ def main(argv=None) -> list:
         "--huge_pages",
         default="ours",
         choices=["ours", "both", "none"],
-        help="THP_MEM_ALLOC_ENABLE=1 (tensors on transparent huge pages) for: ours only, as "
-        "each recipe ships (our package turns it on, the published recipe does not); both (the "
-        "same environment); none",
+        help="our package's allocator settings, tensors on transparent huge pages "
+        "(THP_MEM_ALLOC_ENABLE=1) and freed memory kept for reuse (glibc's mmap threshold at "
+        "1 GiB), for: ours only, as each recipe ships (our package turns them on, the published "
+        "recipe does not); both (the same environment); none",
     )
     parser.add_argument(
         "--rounds",

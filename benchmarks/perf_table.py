@@ -26,15 +26,19 @@ import sys
 from pathlib import Path
 
 
-def label(impl: str, config: dict, huge_pages=None) -> str:
+def label(impl: str, config: dict, huge_pages=None, mmap_threshold=None) -> str:
     """``ours`` (with its YAML overrides, e.g. ``optimizer_in_backward``) or the re-impl.,
-    and where the run says so, the difference from how each ships: ours turns transparent
-    huge pages on (``THP_MEM_ALLOC_ENABLE``), the published recipe does not."""
+    and where the run says so, the difference from how each ships: our package turns
+    transparent huge pages on (``THP_MEM_ALLOC_ENABLE``) and keeps freed memory for reuse
+    (glibc's mmap threshold, ``mmap_threshold`` in the JSON), the published recipe does
+    neither. ``None``: not recorded (older runs)."""
     if impl != "ours":
-        return "published re-impl." + (", huge pages" if huge_pages else "")
+        kept = ", freed memory kept" if mmap_threshold else ""
+        return "published re-impl." + (", huge pages" if huge_pages else "") + kept
     overrides = json.loads(config.get("ours_overrides") or "{}")
     pages = ", no huge pages" if huge_pages is False else ""
-    return "ours" + "".join(f", {k}: {v}" for k, v in overrides.items()) + pages
+    returned = ", freed memory returned" if mmap_threshold == 0 else ""
+    return "ours" + "".join(f", {k}: {v}" for k, v in overrides.items()) + pages + returned
 
 
 def lmac_rows(data: dict) -> list[dict]:
@@ -47,7 +51,7 @@ def lmac_rows(data: dict) -> list[dict]:
         speedup = ref["seconds_per_batch"] / r["seconds_per_batch"] if ref else None
         rows.append(
             {
-                "what": f"L-MAC{tiny} {r['stage']} ({label(r['impl'], data['config'], r.get('huge_pages'))})",
+                "what": f"L-MAC{tiny} {r['stage']} ({label(r['impl'], data['config'], r.get('huge_pages'), r.get('mmap_threshold'))})",
                 "precision": r["precision"],
                 "batch": r.get("batch_size", data["config"]["batch_size"]),
                 "s": r["seconds_per_batch"],
@@ -125,7 +129,7 @@ def table(folder: Path) -> str:
         raise SystemExit(f"no bench_lmac.py / bench_amt.py JSON in {folder}; run them first")
     # ours (any precision) against the fp32 re-implementation at the same stage and batch: the
     # published recipe runs in fp32 by default. Where the re-implementation ran both with and
-    # without huge pages, the run with them (ours' environment) is the reference
+    # without our allocator settings, the run with them (ours' environment) is the reference
     fp32_ref = {}
     for r in sorted(rows, key=lambda r: bool(r.get("huge_pages"))):
         if r.get("impl") == "published" and r["precision"] == "fp32":
