@@ -90,7 +90,7 @@ def _ours(stage: str, args):
         "save_interpretations": False,
         "num_threads": 0,
     }
-    if args.config == "tiny":  # a CNN14 of base 2 and a width-16 decoder: seconds per step
+    if getattr(args, "config", "paper") == "tiny":  # CNN14 of base 2, width-16 decoder
         overrides.update(base_channels=2, emb_dim=64, decoder_width=16)
     overrides.update(json.loads(args.ours_overrides))
     with open(REPO / "hparams" / "lmac_cnn14.yaml") as f:
@@ -278,7 +278,9 @@ def _run_child(args, impl: str, stage: str, flops: int) -> dict:
     env["THP_MEM_ALLOC_ENABLE"] = "1" if settings else "0"  # read when torch loads
     env.pop("MALLOC_MMAP_THRESHOLD_", None)
     if impl == "ours":  # our package sets its threshold when imported, unless told 0
-        env[MMAP_THRESHOLD_ENV] = str(MMAP_THRESHOLD) if settings else "0"
+        if not settings:
+            env[MMAP_THRESHOLD_ENV] = "0"
+        # else its default, or the AUDIO_INTERPRETABILITY_MMAP_THRESHOLD given to this script
     elif settings:  # the same threshold for the re-implementation, through glibc's variable
         env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
