@@ -91,22 +91,21 @@ else
 fi
 echo "device $DEVICE, config $CONFIG, budget ${BUDGET_S} s, dense bf16 peak used: ${PEAK_TFLOPS} TFLOP/s (0: not reported)"
 
-for precision in bf16 fp32; do
-    for batch in $BATCHES; do
-        step "L-MAC $precision batch $batch" 60 \
-            python benchmarks/bench_lmac.py "$OUT/lmac_${precision}_b${batch}.json" \
-            --device "$DEVICE" --precision "$precision" --batch_size "$batch" "${ITERS[@]}" \
-            --peak_tflops "$PEAK_TFLOPS" "${LMAC_CONFIG[@]}"
+# rows NAME FILE_PREFIX SCRIPT SECONDS EXTRA_ARGS...: one benchmark in every precision and batch
+rows() {
+    local name=$1 prefix=$2 script=$3 need=$4 precision batch
+    shift 4
+    for precision in bf16 fp32; do
+        for batch in $BATCHES; do
+            step "$name $precision batch $batch" "$need" \
+                python "benchmarks/$script" "$OUT/${prefix}_${precision}_b${batch}.json" \
+                --device "$DEVICE" --precision "$precision" --batch_size "$batch" "${ITERS[@]}" \
+                --peak_tflops "$PEAK_TFLOPS" "$@"
+        done
     done
-done
-for precision in bf16 fp32; do
-    for batch in $BATCHES; do
-        step "AMT $precision batch $batch" 30 \
-            python benchmarks/bench_amt.py "$OUT/amt_${precision}_b${batch}.json" \
-            --device "$DEVICE" --precision "$precision" --batch_size "$batch" "${ITERS[@]}" \
-            --peak_tflops "$PEAK_TFLOPS" "${AMT_CONFIG[@]}"
-    done
-done
+}
+rows L-MAC lmac bench_lmac.py 60 "${LMAC_CONFIG[@]}"
+rows AMT amt bench_amt.py 30 "${AMT_CONFIG[@]}"
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
     step "tests on $DEVICE (those that take --device; summary in $OUT/tests.txt)" 30 \
