@@ -26,10 +26,11 @@ MMAP_THRESHOLD_DEFAULT = 1 << 30
 def keep_freed_memory() -> int:
     """Let glibc's malloc keep freed tensors of up to 1 GiB for reuse (``mallopt``
     ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD``), instead of returning each one to the
-    system and faulting fresh pages in for the next: on a 2-core VM the L-MAC training step is about 20 % faster (batch 2:
-    7.5 s -> 6.1 s; the published step re-implemented, given the same setting: 12.4 s -> 11.1
-    s), at 0.2-0.4 GiB more peak RSS at batch 2 and 1.6 GiB at batch 16 (docs/LMAC.md "Speed on
-    the CPU"). Called when the package is imported. ``AUDIO_INTERPRETABILITY_MMAP_THRESHOLD``
+    system and faulting fresh pages in for the next: on a 2-core VM the L-MAC training step
+    is about 20 % faster (batch 2: 7.15-7.37 s -> 5.76-5.79 s; the published step
+    re-implemented, given the same setting: 12.4 s -> 11.1 s), at 0.2-0.4 GiB more peak RSS
+    at batch 2 and 1.6 GiB at batch 16 (docs/LMAC.md "Speed on the CPU"). Called when the
+    package is imported. ``AUDIO_INTERPRETABILITY_MMAP_THRESHOLD``
     sets the threshold in bytes, 0 leaves glibc's default (memory freed at once, the smaller
     peak); glibc's own ``MALLOC_MMAP_THRESHOLD_`` in the environment wins; other C libraries
     are left alone.

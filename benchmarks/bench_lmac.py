@@ -43,8 +43,6 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16000
-MMAP_THRESHOLD_ENV = "AUDIO_INTERPRETABILITY_MMAP_THRESHOLD"  # as audio_interpretability
-MMAP_THRESHOLD = 1 << 30  # audio_interpretability.MMAP_THRESHOLD_DEFAULT
 
 
 def _batch(batch_size: int, seconds: float, device: str):
@@ -90,7 +88,7 @@ def _ours(stage: str, args):
         "save_interpretations": False,
         "num_threads": 0,
     }
-    if getattr(args, "config", "paper") == "tiny":  # CNN14 of base 2, width-16 decoder
+    if args.config == "tiny":  # a CNN14 of base 2 and a width-16 decoder: seconds per step
         overrides.update(base_channels=2, emb_dim=64, decoder_width=16)
     overrides.update(json.loads(args.ours_overrides))
     with open(REPO / "hparams" / "lmac_cnn14.yaml") as f:
@@ -277,12 +275,16 @@ def _run_child(args, impl: str, stage: str, flops: int) -> dict:
     settings = args.huge_pages == "both" or (args.huge_pages == "ours" and impl == "ours")
     env["THP_MEM_ALLOC_ENABLE"] = "1" if settings else "0"  # read when torch loads
     env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    from audio_interpretability import MMAP_THRESHOLD_DEFAULT, MMAP_THRESHOLD_ENV
+
     if impl == "ours":  # our package sets its threshold when imported, unless told 0
         if not settings:
             env[MMAP_THRESHOLD_ENV] = "0"
         # else its default, or the AUDIO_INTERPRETABILITY_MMAP_THRESHOLD given to this script
-    elif settings:  # the same threshold for the re-implementation, through glibc's variable
-        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+    elif settings:  # the threshold ours gets, for the re-implementation through glibc's variable
+        threshold = int(env.get(MMAP_THRESHOLD_ENV, MMAP_THRESHOLD_DEFAULT))
+        if threshold:
+            env["MALLOC_MMAP_THRESHOLD_"] = str(threshold)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{impl}/{stage} failed:\n{proc.stderr[-3000:]}")

@@ -156,7 +156,7 @@ def main(argv=None) -> dict:
     peak = matmul_tflops()
     options = argparse.Namespace(
         device="cpu", precision="fp32", batch_size=args.batch_size, seconds=args.seconds,
-        ours_overrides="{}",
+        ours_overrides="{}", config="paper",
     )  # fmt: skip
     step = bench_lmac._ours("train", options)
     warmup = [_timed(step) for _ in range(args.warmup)]
