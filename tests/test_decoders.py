@@ -153,7 +153,8 @@ def test_gemm_conv_is_the_same_function(batch):
     plain = CNN14Decoder(in_dim=256, width=128, gemm_conv=False)
     plain.load_state_dict(gemm.state_dict(), strict=True)
     # every layer runs as matrix products: one over the batch for the first two (many input
-    # channels per input position), sample by sample for the other seven; no oneDNN layer
+    # channels per input position), sample by sample for convt3 .. convt7 and for convt8 and
+    # convt9 merged into one (linear_tail); no oneDNN layer
     from unittest import mock
 
     import audio_interpretability.models.decoders as decoders
@@ -166,7 +167,7 @@ def test_gemm_conv_is_the_same_function(batch):
         torch.no_grad(),
     ):
         gemm(maps)
-    assert (fold.call_count, apply.call_count, onednn.call_count) == (2, 7, 0)
+    assert (fold.call_count, apply.call_count, onednn.call_count) == (2, 6, 0)
     # SGD: Adam divides by sqrt(v), which turns the rounding of a near-zero gradient into a
     # full-size step (as any change of summation order would, e.g. another thread count)
     optimizers = [torch.optim.SGD(d.parameters(), lr=0.1, momentum=0.9) for d in (gemm, plain)]
@@ -186,6 +187,59 @@ def test_gemm_conv_is_the_same_function(batch):
         torch.testing.assert_close(w_a, w_b, atol=1e-7, rtol=1e-4)
     for (name, a), b in zip(gemm.state_dict().items(), plain.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("gemm_conv", [True, False])
+@pytest.mark.parametrize("frames, out_dim", [(87, 1), (173, 2), (431, 1)])
+def test_fused_tail_is_the_same_function(gemm_conv, frames, out_dim):
+    """convt8 and convt9 as one transposed convolution (``fuse_tail``, the default) against one
+    after the other (as published): the same mask logits, the same gradients for every
+    parameter and input map, up to float rounding, at 1 s, 2 s and 5 s of frames (the first
+    and last output columns carry the correction for convt8's cropped columns)."""
+    torch.manual_seed(0)
+    cnn14 = Cnn14(mel_bins=80, emb_dim=64, base_channels=2).eval()
+    with torch.no_grad():
+        maps = cnn14(torch.randn(2, frames, 80), return_maps=True).maps
+    fused = CNN14Decoder(in_dim=64, width=32, out_dim=out_dim, gemm_conv=gemm_conv)
+    plain = CNN14Decoder(in_dim=64, width=32, out_dim=out_dim, gemm_conv=gemm_conv, fuse_tail=False)
+    plain.load_state_dict(fused.state_dict(), strict=True)
+    with torch.no_grad():  # biases well away from zero: their path through convt9 is tested
+        for decoder in (fused, plain):
+            decoder.convt8.bias.copy_(torch.linspace(-1, 1, decoder.convt8.bias.numel()))
+    results = []
+    for decoder in (fused, plain):
+        inputs = [m.clone().requires_grad_() for m in maps]
+        out = decoder(tuple(inputs))
+        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        (out * weights).sum().backward()
+        grads = [m.grad for m in inputs] + [p.grad for p in decoder.parameters()]
+        results.append((out.detach(), grads))
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert out_a.shape == (2, out_dim, 8 * (frames // 8) + 1, 513)
+    scale = out_b.abs().max()
+    torch.testing.assert_close(out_a, out_b, atol=1e-5 * scale, rtol=0)
+    # the edge columns, where the cropped columns' correction applies, as well as the rest
+    torch.testing.assert_close(out_a[..., [0, -1]], out_b[..., [0, -1]], atol=1e-5 * scale, rtol=0)
+    names = [f"map{i}" for i in range(4)] + [n for n, _ in fused.named_parameters()]
+    for name, a, b in zip(names, grads_a, grads_b):
+        torch.testing.assert_close(a, b, atol=1e-4 * b.abs().max(), rtol=0, msg=name)
+
+
+def test_fused_tail_skips_convt8_output():
+    """With ``fuse_tail`` neither convt8 nor convt9 runs as a layer: their (B, width / 8,
+    frames, 128) intermediate output is never made."""
+    from unittest import mock
+
+    decoder = CNN14Decoder(in_dim=64, width=16)
+    cnn14 = Cnn14(mel_bins=80, emb_dim=64, base_channels=2).eval()
+    with torch.no_grad():
+        maps = cnn14(torch.randn(1, 87, 80), return_maps=True).maps
+        with (
+            mock.patch.object(decoder.convt8, "forward") as convt8,
+            mock.patch.object(decoder.convt9, "forward") as convt9,
+        ):
+            decoder(maps)
+    assert convt8.call_count == convt9.call_count == 0
 
 
 def test_gemm_conv_leaves_bf16_to_conv_transpose():
