@@ -225,6 +225,47 @@ def test_fused_tail_is_the_same_function(gemm_conv, frames, out_dim):
         torch.testing.assert_close(a, b, atol=1e-4 * b.abs().max(), rtol=0, msg=name)
 
 
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        (((3, 4), (2, 2), (0, 2)), ((1, 5), (1, 4))),  # convt8, convt9
+        (((2, 5), (1, 2), (0, 3)), ((1, 7), (1, 3))),  # 2 input columns make cropped ones
+        (((3, 3), (2, 1), (0, 1)), ((1, 2), (1, 2))),  # second's kernel = its stride
+        (((1, 4), (1, 3), (0, 0)), ((1, 6), (1, 2))),  # nothing cropped
+    ],
+)
+def test_linear_tail_other_geometries(first, second):
+    """linear_tail against the two layers one after the other for other kernels, strides and
+    croppings than the decoder's: output and every gradient, up to float rounding."""
+    from audio_interpretability.models.decoders import linear_tail
+
+    torch.manual_seed(0)
+    conv1 = torch.nn.ConvTranspose2d(6, 5, *first)
+    conv2 = torch.nn.ConvTranspose2d(5, 2, *second)
+    x = torch.randn(2, 6, 4, 9)
+    outs = []
+    for run in (lambda x: linear_tail(conv1, conv2, x), lambda x: conv2(conv1(x))):
+        inp = x.clone().requires_grad_()
+        out = run(inp)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads = [inp.grad] + [p.grad.clone() for m in (conv1, conv2) for p in m.parameters()]
+        outs.append((out.detach(), grads))
+        conv1.zero_grad(), conv2.zero_grad()
+    (out_a, grads_a), (out_b, grads_b) = outs
+    torch.testing.assert_close(out_a, out_b, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_tail_refuses_other_layers():
+    from audio_interpretability.models.decoders import linear_tail
+
+    first = torch.nn.ConvTranspose2d(4, 3, 3, 2, (1, 1))  # crops frames too
+    second = torch.nn.ConvTranspose2d(3, 1, (1, 5), (1, 4))
+    with pytest.raises(ValueError, match="one after the other"):
+        linear_tail(first, second, torch.randn(1, 4, 3, 3))
+
+
 def test_fused_tail_skips_convt8_output():
     """With ``fuse_tail`` neither convt8 nor convt9 runs as a layer: their (B, width / 8,
     frames, 128) intermediate output is never made."""
