@@ -260,7 +260,7 @@ def linear_tail(first, second, x: torch.Tensor, gemm: bool = True) -> torch.Tens
     nonlinearity between them; both together are one transposed convolution C -> 1 with
     kernel (3, 17), stride (2, 8) and padding (0, 8). At the paper size (C = 512) that is
     120 times fewer multiply-adds than ``convt8`` alone (the decoder's forward pass goes from
-    192.7 to 149.9 GFLOP per 5 s clip, the training step from 654 to 529), and the
+    192.7 to 149.9 GFLOP per 5 s clip, the training step from 654 to 525), and the
     (B, 256, frames, 128) output of ``convt8`` is never stored.
 
     Three parts, all exact:
