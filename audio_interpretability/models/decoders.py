@@ -358,23 +358,19 @@ def _combined_kernel(w1: torch.Tensor, w2: torch.Tensor, s2: int, taps: int) -> 
 
 
 def _cropped_contribution(x, w1, w2, s1h: int, s1: int, s2: int, p1: int):
-    """What the combined kernel adds to the first output columns through the ``p1`` leftmost
-    columns of ``first``'s output, which ``first`` crops (``None`` if nothing reaches the
-    output). Input column j reaches them through its taps a < p1 - s1 j; through tap a and
-    ``second``'s tap b it lands on output column s2 (s1 j + a - p1) + b."""
+    """What the combined kernel adds to the first ``k2 - s2`` output columns through the
+    ``p1`` leftmost columns of ``first``'s output, which ``first`` crops (``None`` if nothing
+    reaches the output: ``k2 <= s2``). Input column j reaches them through its taps
+    a < p1 - s1 j; through tap a and ``second``'s tap b it lands on output column
+    s2 (s1 j + a - p1) + b, so each input column's part is ``k2 - s2`` columns wide."""
+    if w2.shape[3] <= s2:
+        return None
     out = None
     for j in range(-(-p1 // s1)):  # input columns that make a cropped column
         kernel = _combined_kernel(w1, w2, s2, p1 - s1 * j)
         first_kept = s2 * (p1 - s1 * j)  # the kernel's first column that lands in the output
-        if first_kept >= kernel.shape[3]:
-            continue
         part = F.conv_transpose2d(x[..., j : j + 1], kernel[..., first_kept:], None, (s1h, 1))
-        if out is None:
-            out = part
-        elif part.shape[3] > out.shape[3]:
-            out = F.pad(out, (0, part.shape[3] - out.shape[3])) + part
-        else:
-            out = out + F.pad(part, (0, out.shape[3] - part.shape[3]))
+        out = part if out is None else out + part
     return out
 
 
