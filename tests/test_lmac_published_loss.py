@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from audio_interpretability.brains.lmac import lmac_loss
+from audio_interpretability.brains.lmac import bounded_out_loss, lmac_loss
 
 B, FRAMES, BINS, CLASSES = 4, 12, 10, 5
 
@@ -173,3 +173,35 @@ def test_the_regulariser_grows_with_the_batch_size_as_published():
     assert torch.allclose(ps_one, one / B)
     with pytest.raises(ValueError, match="regularizer"):
         lmac_loss(predictions, zero, zero, logits, X, regularizer="batch")
+
+
+def test_bounded_out_loss_is_minus_log_one_minus_p_and_stops_rewarding():
+    """``out_loss: bounded``: the masked-out term is ``-log(1 - p_y)``, finite where p_y
+    rounds to 1, and its reward vanishes once y has lost the masked-out clip, where the
+    published ``-CE`` keeps rewarding without bound."""
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(B, CLASSES, generator=gen, dtype=torch.float64)
+    y = z.argmax(dim=-1)
+    p = z.softmax(dim=-1).gather(1, y[:, None])[:, 0]
+    assert torch.allclose(bounded_out_loss(z, y).double(), -(1 - p).log().mean(), rtol=1e-6)
+    assert torch.isfinite(bounded_out_loss(torch.tensor([[200.0, -200.0]]), torch.tensor([0])))
+    # the class pushed further and further out: bounded -> 0, published -> -inf
+    X, _, logits, _, predictions = case()
+    zero = torch.zeros(B, CLASSES)
+    target = predictions.argmax(dim=-1)
+    kw = {"l_in_w": 0.0, "l_out_w": 0.2, "reg_w_l1": 0.0}
+    bounded, published = [], []
+    for margin in (1.0, 10.0, 100.0):
+        out = zero - margin * F.one_hot(target, CLASSES)  # y less and less likely
+        bounded.append(
+            float(lmac_loss(predictions, zero, out, logits, X, **kw, out_loss="bounded")[0])
+        )
+        published.append(float(lmac_loss(predictions, zero, out, logits, X, **kw)[0]))
+    assert published[2] < published[1] < published[0] and published[2] < -19  # 0.2 * -100
+    assert 0 <= bounded[2] < bounded[1] < bounded[0] and bounded[2] < 1e-30
+    # its gradient with respect to the masked-out logits vanishes there too
+    out = (zero - 100.0 * F.one_hot(target, CLASSES)).requires_grad_(True)
+    lmac_loss(predictions, zero, out, logits, X, **kw, out_loss="bounded")[0].backward()
+    assert out.grad.abs().max() < 1e-30
+    with pytest.raises(ValueError, match="out_loss"):
+        lmac_loss(predictions, zero, zero, logits, X, out_loss="entropy")

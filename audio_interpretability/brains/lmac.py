@@ -25,6 +25,14 @@ terms per clip (``reg_w_l1 * mean_{t,k}|M_b| + reg_w_tv * TVabs(M_b)``, TVabs th
 absolute difference of neighbouring bins), averaged over the batch with the gated clips
 counting 0, i.e. independent of the batch size (``reg_w_l1`` then means B times less).
 
+``out_loss: bounded`` (ours) replaces the masked-out term by ``+ l_out_w * mean_b
+-log(1 - p_y(f((1 - M_b) X_b)))``, bounded below by 0. Its gradient with respect to the
+masked-out logit of y is ``p_y``: strong while the masked-out clip is still classified as y,
+vanishing once it is not. The published ``-CE`` has ``1 - p_y`` there, i.e. it pulls hardest
+where y has already lost the clip, and rewards without bound; at our CPU budget the decoder
+then learns masks that remove the decision from any clip (docs/LMAC.md "The masked-out
+term").
+
 Fine-tuning (``finetuning: True``, from a ``pretrained_interpreter``) gates each clip by
 :func:`cross_correlation` between the clean reference spectrogram and ``M * X``
 (``g_b = crosscor >= crosscor_th``) and guides the gated clips towards the clean sound::
@@ -73,6 +81,9 @@ GUIDELOSS_TYPES = ("binary", "l2")
 REGULARIZERS = ("published", "per_sample")
 #: ``guidance_reference`` hparam: the clean clip as loaded (published) or scaled into the mixture.
 GUIDANCE_REFERENCES = ("clean", "mixture_scaled")
+#: ``out_loss`` hparam: the published unbounded masked-out term ``-CE`` or the bounded
+#: ``-log(1 - p_y)`` (no reward once the masked-out clip is no longer classified as y).
+OUT_LOSSES = ("published", "bounded")
 #: ``frame_alignment`` hparam: X cropped to the decoder's frames (published) or the decoder's
 #: frames padded to X's (ours).
 FRAME_ALIGNMENTS = ("crop", "pad")
@@ -313,6 +324,24 @@ def crosscor_gate(
     return cross_correlation(clean_X, X_int, crosscortype) >= float(crosscor_th)
 
 
+def bounded_out_loss(logits_out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``-mean_b log(1 - p_y)``: the masked-out term of ``out_loss: bounded`` (0-d, >= 0).
+
+    ``p_y`` is the softmax probability of the decision ``y`` on the masked-out clip. Computed
+    as ``logsumexp_{j != y} z_j - logsumexp_j z``, finite for any logits (also when
+    ``p_y`` rounds to 1).
+
+    Example
+    -------
+    >>> z = torch.tensor([[0.0, 0.0], [50.0, -50.0]])
+    >>> bounded_out_loss(z, torch.tensor([0, 1])).item()  # the mean of log 2 and about 0
+    0.3465735912322998
+    """
+    z = logits_out.float()
+    others = z.masked_fill(F.one_hot(target, z.shape[-1]).bool(), float("-inf"))
+    return (z.logsumexp(dim=-1) - others.logsumexp(dim=-1)).mean()
+
+
 def lmac_loss(
     logits: torch.Tensor,
     logits_in: torch.Tensor,
@@ -332,6 +361,7 @@ def lmac_loss(
     guidelosstype: str = "binary",
     bin_th: float = 0.35,
     regularizer: str = "published",
+    out_loss: str = "published",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The L-MAC objective of one batch (see the module docstring), and the guidance gate.
 
@@ -357,6 +387,10 @@ def lmac_loss(
         "binary" or "l2" (:func:`guidance_loss`).
     regularizer : str
         "published" (batch-summed, the default) or "per_sample" (see the module docstring).
+    out_loss : str
+        "published" (``- l_out_w * CE(f((1 - M) X), y)``, unbounded below) or "bounded"
+        (``- l_out_w * mean_b log(1 - p_y((1 - M) X))``, 0 once the masked-out clip has lost
+        the decision; see the module docstring).
 
     Returns
     -------
@@ -379,10 +413,14 @@ def lmac_loss(
         raise ValueError(
             f"unknown regularizer {regularizer!r}; use one of {', '.join(REGULARIZERS)}"
         )
+    if out_loss not in OUT_LOSSES:
+        raise ValueError(f"unknown out_loss {out_loss!r}; use one of {', '.join(OUT_LOSSES)}")
     target = logits.argmax(dim=-1)  # (B,) the classifier's decision
     l_in = F.cross_entropy(logits_in.float(), target)
-    l_out = F.cross_entropy(logits_out.float(), target)
-    loss = float(l_in_w) * l_in - float(l_out_w) * l_out
+    if out_loss == "published":
+        loss = float(l_in_w) * l_in - float(l_out_w) * F.cross_entropy(logits_out.float(), target)
+    else:
+        loss = float(l_in_w) * l_in + float(l_out_w) * bounded_out_loss(logits_out, target)
     mask = torch.sigmoid(mask_logits.float())  # (B, frames, bins)
     if finetuning:
         clean_X = X if clean_X is None else clean_X
@@ -445,6 +483,7 @@ class LMAC(OptimizerInBackwardMixin, TrainableInterpreterBrain):
         "guidelosstype",
         "bin_th",
         "regularizer",
+        "out_loss",
         "guidance_reference",
         "frame_alignment",
         "nmf_view_path",
@@ -491,6 +530,11 @@ class LMAC(OptimizerInBackwardMixin, TrainableInterpreterBrain):
             raise ValueError(
                 f"unknown regularizer {self.hparams.regularizer!r}; pass --regularizer published "
                 "(the published batch-summed L1/TV) or --regularizer per_sample"
+            )
+        if self.hparams.out_loss not in OUT_LOSSES:
+            raise ValueError(
+                f"unknown out_loss {self.hparams.out_loss!r}; pass --out_loss published "
+                "(the published unbounded -CE of the masked-out clip) or --out_loss bounded"
             )
         if self.hparams.frame_alignment not in FRAME_ALIGNMENTS:
             raise ValueError(
@@ -597,6 +641,7 @@ class LMAC(OptimizerInBackwardMixin, TrainableInterpreterBrain):
             guidelosstype=self.hparams.guidelosstype,
             bin_th=self.hparams.bin_th,
             regularizer=self.hparams.regularizer,
+            out_loss=self.hparams.out_loss,
         )
         if finetuning:
             self._gate_passed += gate.sum().detach()
