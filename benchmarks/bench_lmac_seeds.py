@@ -107,8 +107,7 @@ def tables(runs: dict, seeds: list[int]) -> str:
         lines += ["| variant | " + " | ".join(names) + " |", "| --- " * (len(names) + 1) + "|"]
         for variant, by_seed in runs.items():
             met = [
-                sum(bool(quality.targets(by_seed[s][setting])[n][2]) for s in seeds)
-                for n in names
+                sum(bool(quality.targets(by_seed[s][setting])[n][2]) for s in seeds) for n in names
             ]
             lines.append(f"| {variant} | " + " | ".join(f"{m} / {len(seeds)}" for m in met) + " |")
         lines.append("")
