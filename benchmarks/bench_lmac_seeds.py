@@ -106,9 +106,8 @@ def tables(runs: dict, seeds: list[int]) -> str:
         names = list(quality.targets(next(iter(runs.values()))[seeds[0]][setting]))
         lines += ["| variant | " + " | ".join(names) + " |", "| --- " * (len(names) + 1) + "|"]
         for variant, by_seed in runs.items():
-            met = [
-                sum(bool(quality.targets(by_seed[s][setting])[n][2]) for s in seeds) for n in names
-            ]
+            per_seed = [quality.targets(by_seed[s][setting]) for s in seeds]
+            met = [sum(bool(t[n][2]) for t in per_seed) for n in names]
             lines.append(f"| {variant} | " + " | ".join(f"{m} / {len(seeds)}" for m in met) + " |")
         lines.append("")
     return "\n".join(lines)

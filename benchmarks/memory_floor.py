@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
         seconds=args.seconds,
     )
     step = bench_lmac._ours("train", config)
-    brain = next(c.cell_contents for c in step.__closure__ if hasattr(c.cell_contents, "modules"))
+    brain = step.brain
     figures["models built"] = resident_gib()
     for i in (1, 2):
         step()
