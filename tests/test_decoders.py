@@ -305,12 +305,18 @@ def test_gemm_conv_leaves_bf16_to_conv_transpose():
         ((3, 4, 2, 7), (1, 5), (1, 4), (0, 0)),  # convt9's: no padding, kernel wider than stride
     ],
 )
-def test_per_sample_conv_transpose_gradients(shape, kernel, stride, padding):
+@pytest.mark.parametrize("chunked", [False, True])
+def test_per_sample_conv_transpose_gradients(shape, kernel, stride, padding, chunked, monkeypatch):
     """The sample-by-sample transposed convolution's forward and backward (written by hand:
     unfold of the padded output gradient, then W G and x G^T) against finite differences in
-    float64, and its forward against ConvTranspose2d."""
+    float64, and its forward against ConvTranspose2d. ``chunked``: the columns made one
+    output channel at a time (at the paper size, groups of at most 64 MiB)."""
+    from audio_interpretability.models import decoders
     from audio_interpretability.models.decoders import _PerSampleConvTranspose
 
+    if chunked:
+        monkeypatch.setattr(decoders, "COLS_CHUNK_BYTES", 1)
+        assert decoders._channel_groups(3, 8) == [(0, 1), (1, 2), (2, 3)]
     torch.manual_seed(0)
     c_in, c_out = shape[1], 3
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
@@ -407,3 +413,59 @@ def test_col2im_pool_is_rebuilt_in_a_forked_process(monkeypatch):
     assert decoders._col2im_pool(1) is pool
     monkeypatch.setattr(decoders, "_POOL_PID", -1)  # as seen from a child process
     assert decoders._col2im_pool(1) is not pool
+
+
+def test_tail_and_cropped_layers_keep_no_copy_of_their_input():
+    """Memory (issue 13): what the merged tail and a layer with a cropped input keep for their
+    backward is their input's own storage (which the previous ReLU keeps anyway) and tensors
+    of the weights' size: no flipped copy of the tail's input for its right end, no contiguous
+    copy of a cropped input (54 and 27 MiB at the paper size, batch 2)."""
+    from audio_interpretability.models.decoders import (
+        GemmConvTranspose2d,
+        _PerSampleConvTranspose,
+        linear_tail,
+    )
+
+    torch.manual_seed(0)
+
+    def saved_storages(fn, x):
+        saved = []
+
+        def pack(tensor):
+            saved.append(tensor)
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = fn(x)
+        out.square().sum().backward()
+        return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved}
+
+    first = GemmConvTranspose2d(16, 8, (3, 4), (2, 2), (0, 2))
+    second = GemmConvTranspose2d(8, 1, (1, 5), (1, 4), 0)
+    x = torch.randn(2, 16, 6, 40, requires_grad=True)
+    storages = saved_storages(lambda x: linear_tail(first, second, x), x)
+    own = x.untyped_storage().data_ptr()
+    assert own in storages
+    others = [n for ptr, n in storages.items() if ptr != own]
+    assert max(others) < x.untyped_storage().nbytes() / 4  # kernels, not activations
+    torch.testing.assert_close(
+        x.grad, _grad_of(lambda x: second(first(x)), x), atol=1e-4, rtol=1e-4
+    )
+
+    base = torch.randn(2, 6, 4, 30, requires_grad=True)
+    w = torch.randn(6, 3, 3, 5, requires_grad=True)
+    storages = saved_storages(
+        lambda base: _PerSampleConvTranspose.apply(base[..., 2:-2], w, None, (2, 2), (1, 1)), base
+    )
+    assert set(storages) == {base.untyped_storage().data_ptr(), w.untyped_storage().data_ptr()}
+    expected = _grad_of(
+        lambda base: F.conv_transpose2d(base[..., 2:-2], w, None, (2, 2), (1, 1)), base
+    )
+    torch.testing.assert_close(base.grad, expected, atol=1e-4, rtol=1e-4)
+
+
+def _grad_of(fn, x: torch.Tensor) -> torch.Tensor:
+    """The gradient of ``fn(x).square().sum()`` with respect to a fresh copy of ``x``."""
+    x = x.detach().clone().requires_grad_()
+    fn(x).square().sum().backward()
+    return x.grad

@@ -14,6 +14,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.batch import PaddedBatch
 
+from audio_interpretability.brains import optimizer_in_backward as oib_module
 from audio_interpretability.brains.lmac import LMAC
 from audio_interpretability.brains.optimizer_in_backward import OptimizerInBackward
 from audio_interpretability.checkpoints import export_classifier
@@ -93,12 +94,26 @@ def decoder(brain: LMAC) -> dict:
     return {k: v.detach().clone() for k, v in brain.hparams.psi_model.state_dict().items()}
 
 
-def test_same_training_as_the_plain_loop(tmp_path, device, classifier_ckpt):
+@pytest.mark.parametrize("chunked", [False, True])
+def test_same_training_as_the_plain_loop(tmp_path, device, classifier_ckpt, monkeypatch, chunked):
     """3 steps: the decoder, the losses and the Adam state of the per-parameter step equal
     the plain loop's (max_grad_norm without effect) up to float rounding; every gradient is
-    freed inside the backward pass."""
+    freed inside the backward pass. ``chunked``: every weight of 256 bytes or more gets a
+    RowStepper (at the paper size only those of 32 MiB or more), and the layers that compute
+    their weight gradient by chunks of rows (the one-product transposed convolutions) step
+    each chunk as it comes: the same training."""
     data = batches(3)
     plain = make_brain(tmp_path / "plain", device, classifier_ckpt, max_grad_norm=NO_CLIPPING)
+    chunks = []
+    if chunked:
+        monkeypatch.setattr(oib_module, "CHUNK_BYTES", 256)
+        step_rows = oib_module.RowStepper.step_rows
+
+        def spy(stepper, start, stop, grad):
+            chunks.append((stepper.param.shape, start, stop))
+            return step_rows(stepper, start, stop, grad)
+
+        monkeypatch.setattr(oib_module.RowStepper, "step_rows", spy)
     ours = make_brain(tmp_path / "oib", device, classifier_ckpt, **OIB)
     start = decoder(plain)
     assert all(torch.equal(start[k], v) for k, v in decoder(ours).items())
@@ -109,6 +124,15 @@ def test_same_training_as_the_plain_loop(tmp_path, device, classifier_ckpt):
     assert all(p.grad is None for p in ours.modules.parameters())
     assert ours.optimizer_step == plain.optimizer_step == 3
     assert losses_ours == pytest.approx(losses_plain, rel=1e-5)
+    if chunked:  # convt1 and convt2 of the tiny decoder, in several chunks, at every step
+        assert {shape for shape, _, _ in chunks} == {
+            ours.hparams.psi_model.convt1.weight.shape,
+            ours.hparams.psi_model.convt2.weight.shape,
+        }
+        per_step = len(chunks) // 3
+        assert len(chunks) == 3 * per_step and per_step > 2
+    else:
+        assert not ours.optimizer.steppers  # tiny weights: no stepper at 32 MiB
     a, b = decoder(plain), decoder(ours)
     assert any(not torch.equal(start[k], a[k]) for k in a)  # it trained
     for key in a:
@@ -265,3 +289,41 @@ def test_recipe_refuses_clipping_before_training(tmp_path, tiny_esc50, tiny_wham
     with pytest.raises(ValueError, match="--max_grad_norm 0"):
         load_lmac_recipe().main(argv + ["--optimizer_in_backward", "True"])
     assert not list((tmp_path / "out" / "save").glob("CKPT+*"))
+
+
+def test_row_stepper_is_adams_step_and_refuses_a_second_gradient():
+    """A RowStepper's chunks give the whole-tensor Adam step (fused or not; Adam is
+    elementwise, so up to the rounding of vectorised against scalar loops), its state is the
+    plain optimizer's, and a second gradient for the same
+    weight in one backward pass (a weight used twice) is refused: Adam needs their sum."""
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(10, 3, 2, generator=gen)
+    grads = [torch.randn(10, 3, 2, generator=gen) for _ in range(3)]
+    for fused in (False, True):
+        w_plain = torch.nn.Parameter(start.clone())
+        plain = torch.optim.Adam([w_plain], lr=0.1, weight_decay=0.01, fused=fused)
+        w = torch.nn.Parameter(start.clone())
+        opt = OptimizerInBackward(
+            lambda p, fused=fused: torch.optim.Adam(p, lr=0.1, weight_decay=0.01, fused=fused),
+            [w],
+            chunk_bytes=50,  # 24-byte rows: 2 rows a chunk
+        )
+        stepper = w.row_stepper
+        assert stepper.chunks(10) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+        for grad in grads:
+            w_plain.grad = grad
+            plain.step()
+            with opt.stepping():
+                for lo, hi in stepper.chunks(10):
+                    stepper.step_rows(lo, hi, grad[lo:hi])
+                stepper.finish()
+                with pytest.raises(RuntimeError, match="twice in one backward"):
+                    stepper.step_rows(0, 2, grad[:2])
+        assert not torch.equal(w.detach(), start)
+        torch.testing.assert_close(w.detach(), w_plain.detach(), rtol=1e-6, atol=1e-7)
+        ours, theirs = opt.state_dict()["state"][0], plain.state_dict()["state"][0]
+        assert ours.keys() == theirs.keys()
+        for key in theirs:
+            torch.testing.assert_close(ours[key], theirs[key], rtol=1e-6, atol=1e-9)
+        opt.remove()
+        assert not hasattr(w, "row_stepper")

@@ -11,7 +11,15 @@ Adam's update of one parameter depends on that parameter's gradient and state on
 trained result is the plain loop's, without gradient clipping, up to float rounding (bit for
 bit in the tests). The saving is bounded by the largest gradient, which still exists whole for
 a moment: ``convt3.weight`` holds 117 M of the paper-size decoder's 236 M parameters, so the
-peak drops by at most about 0.48 GB there.
+peak drops by at most about 0.48 GB there, unless the layer hands the gradient over in row
+chunks: a parameter of at least ``chunk_bytes`` (32 MiB by default) stepped by a plain
+:class:`torch.optim.Adam` / ``AdamW`` gets a :class:`RowStepper` (``param.row_stepper``), and
+a layer that can compute its weight gradient rows by rows (the decoder's one-product
+transposed convolutions, ``convt1`` .. ``convt3``: 0.65 of its 0.88 GiB of parameters) steps
+each chunk of rows as soon as it is computed, on views of the parameter and of Adam's
+moments, so the whole gradient never exists. Adam is elementwise, so this is the same update
+(the chunked products round differently, nothing else); the optimizer's state keeps its
+format, so checkpoints do not change.
 
 What the plain step does, and what happens to it here:
 
@@ -50,7 +58,11 @@ from audio_interpretability.distributed import is_distributed
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OptimizerInBackward", "OptimizerInBackwardMixin"]
+__all__ = ["OptimizerInBackward", "OptimizerInBackwardMixin", "RowStepper"]
+
+#: Parameters of at least this many bytes get a :class:`RowStepper`, and a chunk of rows holds
+#: about this many bytes of gradient (``convt3.weight``, 0.44 GiB: 15 chunks).
+CHUNK_BYTES = 32 << 20
 
 
 @register_checkpoint_hooks
@@ -68,6 +80,9 @@ class OptimizerInBackward:
         The parameters, in the order of the single optimizer this replaces.
     skip_nonfinite_grads : bool
         Drop a non-finite gradient instead of stepping its parameter.
+    chunk_bytes : int, optional
+        Parameters of at least this size get a :class:`RowStepper` stepping chunks of about
+        this size (default :data:`CHUNK_BYTES`, read when called; 0: none).
 
     Example
     -------
@@ -80,7 +95,13 @@ class OptimizerInBackward:
     >>> opt.remove()
     """
 
-    def __init__(self, opt_class, params, skip_nonfinite_grads: bool = False):
+    def __init__(
+        self,
+        opt_class,
+        params,
+        skip_nonfinite_grads: bool = False,
+        chunk_bytes: int | None = None,
+    ):
         self.params = list(params)
         self.optimizers = [opt_class([p]) for p in self.params]
         self.skip_nonfinite_grads = bool(skip_nonfinite_grads)
@@ -90,6 +111,16 @@ class OptimizerInBackward:
             for p, opt in zip(self.params, self.optimizers)
             if p.requires_grad
         ]
+        # row steppers: not with skip_nonfinite_grads (a whole gradient must be checked first)
+        chunk_bytes = CHUNK_BYTES if chunk_bytes is None else int(chunk_bytes)
+        self.steppers = []
+        if chunk_bytes and not self.skip_nonfinite_grads:
+            for p, opt in zip(self.params, self.optimizers):
+                nbytes = p.numel() * p.element_size()
+                if p.requires_grad and p.dim() >= 2 and nbytes >= chunk_bytes:
+                    if RowStepper.supports(opt):
+                        p.row_stepper = RowStepper(self, opt, p, chunk_bytes)
+                        self.steppers.append(p.row_stepper)
 
     def _make_hook(self, optimizer):
         def hook(param: torch.Tensor) -> None:
@@ -107,6 +138,8 @@ class OptimizerInBackward:
     @contextlib.contextmanager
     def stepping(self):
         """Step (and free) each gradient as the backward pass produces it."""
+        for stepper in self.steppers:
+            stepper.stepped = False
         self.active = True
         try:
             yield
@@ -114,10 +147,14 @@ class OptimizerInBackward:
             self.active = False
 
     def remove(self) -> None:
-        """Remove the hooks (the parameters train no more through this object)."""
+        """Remove the hooks and row steppers (the parameters train no more through this)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for stepper in self.steppers:
+            if getattr(stepper.param, "row_stepper", None) is stepper:
+                del stepper.param.row_stepper
+        self.steppers = []
 
     @property
     def param_groups(self) -> list:
@@ -174,6 +211,121 @@ class OptimizerInBackward:
     def _recover(self, path, end_of_epoch=True) -> None:
         device = self.params[0].device if self.params else "cpu"
         self.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+
+
+class RowStepper:
+    """Adam's step of one parameter, chunk of rows by chunk of rows, inside the backward pass.
+
+    A layer that finds ``weight.row_stepper`` (set by :class:`OptimizerInBackward` on large
+    parameters) and :attr:`active` calls :meth:`step_rows` with the gradient of each chunk of
+    rows (dim 0) of :meth:`chunks`, then :meth:`finish`, and returns no gradient for the
+    weight. Each chunk goes through ``torch.optim.adam.adam`` with the parameter's group
+    settings, on views of the parameter and of the optimizer's ``exp_avg`` / ``exp_avg_sq``
+    (created as ``Adam`` creates them); the step count advances once, in :meth:`finish`.
+    Elementwise, so the result is the whole-tensor step's.
+
+    Example
+    -------
+    >>> w = torch.nn.Parameter(torch.ones(4, 3))
+    >>> opt = OptimizerInBackward(lambda p: torch.optim.Adam(p, lr=0.1), [w], chunk_bytes=16)
+    >>> stepper = w.row_stepper
+    >>> stepper.chunks(4)  # 16 bytes: one row (12 bytes) per chunk at least
+    [(0, 1), (1, 2), (2, 3), (3, 4)]
+    >>> with opt.stepping():
+    ...     for start, stop in stepper.chunks(4):
+    ...         stepper.step_rows(start, stop, torch.ones(stop - start, 3))
+    ...     stepper.finish()
+    >>> w.detach()[0], opt.optimizers[0].state[w]["step"]
+    (tensor([0.9000, 0.9000, 0.9000]), tensor(1.))
+    >>> opt.remove()
+    """
+
+    def __init__(self, owner: OptimizerInBackward, optimizer, param, chunk_bytes: int):
+        self.owner = owner
+        self.optimizer = optimizer
+        self.param = param
+        row_bytes = max(1, param[0].numel() * param.element_size())
+        self.rows_per_chunk = max(1, int(chunk_bytes) // row_bytes)
+        self.stepped = False
+
+    @staticmethod
+    def supports(optimizer) -> bool:
+        """A single-group Adam / AdamW (fused or not; not capturable or differentiable)."""
+        if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
+            return False
+        group = optimizer.param_groups[0]
+        return len(optimizer.param_groups) == 1 and not any(
+            group.get(key) for key in ("capturable", "differentiable")
+        )
+
+    @property
+    def active(self) -> bool:
+        """True inside :meth:`OptimizerInBackward.stepping` (else: return the whole gradient)."""
+        return self.owner.active
+
+    def chunks(self, n_rows: int) -> list:
+        """``(start, stop)`` of each chunk of rows, in order, covering ``range(n_rows)``."""
+        size = self.rows_per_chunk
+        return [(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
+
+    def _state(self) -> dict:
+        state = self.optimizer.state[self.param]
+        if not state:  # as Adam._init_group creates it
+            from torch.optim.optimizer import _get_scalar_dtype
+
+            group = self.optimizer.param_groups[0]
+            if group["fused"]:
+                state["step"] = torch.zeros(
+                    (), dtype=_get_scalar_dtype(is_fused=True), device=self.param.device
+                )
+            else:
+                state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+            state["exp_avg"] = torch.zeros_like(self.param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(self.param, memory_format=torch.preserve_format)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = torch.zeros_like(
+                    self.param, memory_format=torch.preserve_format
+                )
+        return state
+
+    def step_rows(self, start: int, stop: int, grad: torch.Tensor) -> None:
+        """Step rows ``start:stop`` of the parameter with their gradient ``grad``."""
+        if self.stepped:
+            raise RuntimeError(
+                "optimizer_in_backward: a layer stepped this parameter's rows twice in one "
+                "backward pass (the weight is used by two forward calls); its gradients must be "
+                "summed before Adam's step: set optimizer_in_backward: False"
+            )
+        from torch.optim.adam import adam
+
+        state = self._state()
+        group = self.optimizer.param_groups[0]
+        beta1, beta2 = group["betas"]
+        amsgrad = group["amsgrad"]
+        adam(
+            [self.param.detach()[start:stop]],
+            [grad],
+            [state["exp_avg"][start:stop]],
+            [state["exp_avg_sq"][start:stop]],
+            [state["max_exp_avg_sq"][start:stop]] if amsgrad else [],
+            [state["step"].clone()],  # advanced once, in finish()
+            foreach=group["foreach"],
+            fused=group["fused"],
+            has_complex=torch.is_complex(self.param),
+            decoupled_weight_decay=group.get("decoupled_weight_decay", False),
+            amsgrad=amsgrad,
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+        )
+
+    def finish(self) -> None:
+        """Every chunk stepped: advance the step count (once per backward pass)."""
+        self._state()["step"] += 1
+        self.stepped = True
 
 
 class OptimizerInBackwardMixin:

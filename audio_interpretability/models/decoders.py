@@ -25,6 +25,11 @@ ROWS_RATIO = 8
 # torch.get_num_threads() threads when its columns hold at least COL2IM_SPLIT_MIN values
 # (convt8's fold at batch 2: 58 ms on one core, 29 ms on two)
 COL2IM_SPLIT_MIN = 1 << 20
+# _PerSampleConvTranspose makes a sample's columns (C_out kh kw, H W) for groups of output
+# channels of at most this size: convt7's columns at the paper size, 81 MiB in one piece, are
+# 2 pieces of 41 MiB (its backward was the batch-2 training peak; 3 % slower there), convt5's
+# 59 MiB stay whole (16 MiB pieces: 20 % slower, the products' output then strided)
+COLS_CHUNK_BYTES = 64 << 20
 _POOL: ThreadPoolExecutor | None = None
 _POOL_PID = 0
 
@@ -106,13 +111,52 @@ def gemm_conv_transpose2d(x, weight, bias, stride, padding) -> torch.Tensor:
     (sh, sw), (ph, pw) = stride, padding
     h_out, w_out = (H - 1) * sh - 2 * ph + kh, (W - 1) * sw - 2 * pw + kw
     rows = x.permute(0, 2, 3, 1).reshape(B * H * W, C)  # (B H W, C_in)
-    cols = rows @ weight.reshape(C, c_out * kh * kw)  # (B H W, C_out kh kw)
+    stepper = getattr(weight, "row_stepper", None)  # optimizer_in_backward's, large weights
+    if stepper is not None and weight.requires_grad and torch.is_grad_enabled():
+        cols = _RowSteppedProduct.apply(rows, weight, stepper)
+    else:
+        cols = rows @ weight.reshape(C, c_out * kh * kw)  # (B H W, C_out kh kw)
     cols = cols.reshape(B, H * W, c_out * kh * kw).transpose(1, 2)  # (B, C_out kh kw, H W)
     out = F.fold(cols, (h_out + 2 * ph, w_out + 2 * pw), (kh, kw), stride=(sh, sw))
     out = out[:, :, ph : ph + h_out, pw : pw + w_out]  # (B, C_out, h_out, w_out)
     if bias is not None:
         out = out + bias.to(out.dtype)[None, :, None, None]
     return out
+
+
+class _RowSteppedProduct(torch.autograd.Function):
+    """``rows @ weight.reshape(C_in, -1)`` whose weight gradient, inside an
+    ``optimizer_in_backward`` step, never exists whole.
+
+    Backward: the input gradient first (with the weight before its step), then, when the
+    weight's :class:`~audio_interpretability.brains.optimizer_in_backward.RowStepper` is active,
+    the weight gradient chunk of input channels by chunk (``rows[:, i:j]^T @ grad``), each
+    chunk stepped at once and dropped; no gradient is returned for the weight. Outside the
+    optimizer's stepping, the whole weight gradient is returned as autograd's would be.
+    """
+
+    @staticmethod
+    def forward(ctx, rows, weight, stepper):
+        ctx.save_for_backward(rows, weight)
+        ctx.stepper = stepper
+        return rows @ weight.reshape(weight.shape[0], -1)
+
+    @staticmethod
+    def backward(ctx, grad_cols):
+        rows, weight = ctx.saved_tensors
+        w2 = weight.reshape(weight.shape[0], -1)
+        grad_rows = grad_cols @ w2.t() if ctx.needs_input_grad[0] else None
+        if not ctx.needs_input_grad[1]:
+            return grad_rows, None, None
+        stepper = ctx.stepper
+        if not stepper.active:
+            return grad_rows, (rows.t() @ grad_cols).view_as(weight), None
+        for start, stop in stepper.chunks(weight.shape[0]):
+            grad = (rows[:, start:stop].t() @ grad_cols).view_as(weight[start:stop])
+            stepper.step_rows(start, stop, grad)
+            del grad
+        stepper.finish()
+        return grad_rows, None, None
 
 
 class _PerSampleConvTranspose(torch.autograd.Function):
@@ -123,27 +167,34 @@ class _PerSampleConvTranspose(torch.autograd.Function):
     padding (what lands on the cropped border is dropped) straight into the contiguous
     output, and the bias added there in place. Backward, per sample: ``unfold`` of the output
     gradient with the padding (the adjoint of fold + crop) gives the columns' gradient ``G``;
-    then ``grad x = W G`` and ``grad W += x G^T``. No tensor is transposed or padded in memory.
+    then ``grad x = W G`` and ``grad W += x G^T``. No tensor is transposed or padded in memory,
+    and the columns are made for groups of output channels (:data:`COLS_CHUNK_BYTES`), so a
+    layer's temporaries stay small whatever its size.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding):
-        x = x.contiguous()  # one copy of a cropped input, kept for the backward pass
+        # x as given is saved (a cropped input is a view of a tensor the previous layer's
+        # ReLU keeps anyway): it is copied contiguous one sample at a time, when used
+        ctx.save_for_backward(x, weight)
         B, C, H, W = x.shape
         c_out, kh, kw = weight.shape[1:]
         (sh, sw), (ph, pw) = stride, padding
         h_out, w_out = (H - 1) * sh - 2 * ph + kh, (W - 1) * sw - 2 * pw + kw
-        w2 = weight.reshape(C, c_out * kh * kw)
-        x3 = x.view(B, C, H * W)
+        k = kh * kw
+        w2 = weight.reshape(C, c_out * k)
         out = x.new_empty(B, c_out, h_out, w_out)
-        cols = x.new_empty(c_out * kh * kw, H * W)
+        groups = _channel_groups(c_out, k * H * W * x.element_size())
+        cols = x.new_empty(groups[0][1] * k, H * W)  # one buffer for every sample and group
         for b in range(B):
-            torch.mm(w2.t(), x3[b], out=cols)
-            # col2im with the padding: the cropped output, written contiguous
-            _col2im(cols, out[b], (kh, kw), (ph, pw), (sh, sw))
+            xb = x[b].reshape(C, H * W)
+            for lo, hi in groups:  # output channels lo:hi
+                part = cols[: (hi - lo) * k]
+                torch.mm(w2[:, lo * k : hi * k].t(), xb, out=part)
+                # col2im with the padding: the cropped output, written contiguous
+                _col2im(part, out[b, lo:hi], (kh, kw), (ph, pw), (sh, sw))
             if bias is not None:
                 out[b].add_(bias[:, None, None])
-        ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
         return out
 
@@ -153,21 +204,27 @@ class _PerSampleConvTranspose(torch.autograd.Function):
         (sh, sw), (ph, pw) = ctx.stride, ctx.padding
         B, C, H, W = x.shape
         c_out, kh, kw = weight.shape[1:]
-        w2 = weight.reshape(C, c_out * kh * kw)
-        x3 = x.view(B, C, H * W)
+        k = kh * kw
+        w2 = weight.reshape(C, c_out * k)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = x.new_empty(B, C, H * W) if need_x else None
-        grad_w = x.new_zeros(C, c_out * kh * kw) if need_w else None
+        grad_w = x.new_zeros(C, c_out * k) if need_w else None
         if need_x or need_w:
-            cols = x.new_empty(c_out * kh * kw, H * W)  # one buffer for every sample
-            for b in range(B):  # cols = unfold(grad_out[b] zero-padded by padding)
-                torch.ops.aten.im2col.out(
-                    grad_out[b], (kh, kw), (1, 1), (ph, pw), (sh, sw), out=cols
-                )
-                if need_x:
-                    torch.mm(w2, cols, out=grad_x[b])
-                if need_w:
-                    grad_w.addmm_(x3[b], cols.t())
+            groups = _channel_groups(c_out, k * H * W * x.element_size())
+            cols = x.new_empty(groups[0][1] * k, H * W)  # one buffer for everything
+            for b in range(B):
+                xb = x[b].reshape(C, H * W) if need_w else None  # a cropped input: a copy
+                for lo, hi in groups:  # cols = unfold(grad_out[b, lo:hi] padded by padding)
+                    part, rows = cols[: (hi - lo) * k], slice(lo * k, hi * k)
+                    torch.ops.aten.im2col.out(
+                        grad_out[b, lo:hi], (kh, kw), (1, 1), (ph, pw), (sh, sw), out=part
+                    )
+                    if need_x and lo == 0:
+                        torch.mm(w2[:, rows], part, out=grad_x[b])
+                    elif need_x:
+                        grad_x[b].addmm_(w2[:, rows], part)
+                    if need_w:
+                        grad_w[:, rows].addmm_(xb, part.t())
         grad_b = grad_out.sum((0, 2, 3)) if ctx.has_bias and need_b else None
         return (
             grad_x.view(B, C, H, W) if need_x else None,
@@ -176,6 +233,13 @@ class _PerSampleConvTranspose(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _channel_groups(channels: int, bytes_per_channel: int) -> list:
+    """``(lo, hi)`` ranges of output channels whose columns take at most
+    :data:`COLS_CHUNK_BYTES` (at least one channel each), covering ``range(channels)``."""
+    size = max(1, min(channels, COLS_CHUNK_BYTES // max(1, bytes_per_channel)))
+    return [(lo, min(lo + size, channels)) for lo in range(0, channels, size)]
 
 
 def _col2im_pool(workers: int) -> ThreadPoolExecutor:
@@ -329,8 +393,10 @@ def linear_tail(first, second, x: torch.Tensor, gemm: bool = True) -> torch.Tens
         y = F.conv_transpose2d(x, kernel, None, stride, padding)
     if p1 > 0:  # first's cropped columns, which the combined kernel saw: subtract them
         left = _cropped_contribution(x, w1, w2, s1h, s1, s2, p1)
-        # the right end is the left end of the mirrored problem (columns and taps reversed)
-        right = _cropped_contribution(x.flip(3), w1.flip(3), w2.flip(3), s1h, s1, s2, p1)
+        # the right end is the left end of the mirrored problem (columns and taps reversed);
+        # x's columns are read mirrored in place, not from a flipped copy that its backward
+        # would keep (54 MiB at the paper size, batch 2)
+        right = _cropped_contribution(x, w1.flip(3), w2.flip(3), s1h, s1, s2, p1, mirrored=True)
         if left is not None:
             y[..., : left.shape[3]] -= left
             y[..., y.shape[3] - right.shape[3] :] -= right.flip(3)
@@ -357,19 +423,22 @@ def _combined_kernel(w1: torch.Tensor, w2: torch.Tensor, s2: int, taps: int) -> 
     return kernel
 
 
-def _cropped_contribution(x, w1, w2, s1h: int, s1: int, s2: int, p1: int):
+def _cropped_contribution(x, w1, w2, s1h: int, s1: int, s2: int, p1: int, mirrored=False):
     """What the combined kernel adds to the first ``k2 - s2`` output columns through the
     ``p1`` leftmost columns of ``first``'s output, which ``first`` crops (``None`` if nothing
     reaches the output: ``k2 <= s2``). Input column j reaches them through its taps
     a < p1 - s1 j; through tap a and ``second``'s tap b it lands on output column
-    s2 (s1 j + a - p1) + b, so each input column's part is ``k2 - s2`` columns wide."""
+    s2 (s1 j + a - p1) + b, so each input column's part is ``k2 - s2`` columns wide.
+    ``mirrored``: ``x``'s columns counted from the right end (``x.flip(3)``, without a copy)."""
     if w2.shape[3] <= s2:
         return None
     out = None
+    width = x.shape[3]
     for j in range(-(-p1 // s1)):  # input columns that make a cropped column
         kernel = _combined_kernel(w1, w2, s2, p1 - s1 * j)
         first_kept = s2 * (p1 - s1 * j)  # the kernel's first column that lands in the output
-        part = F.conv_transpose2d(x[..., j : j + 1], kernel[..., first_kept:], None, (s1h, 1))
+        column = x[..., width - 1 - j : width - j] if mirrored else x[..., j : j + 1]
+        part = F.conv_transpose2d(column, kernel[..., first_kept:], None, (s1h, 1))
         out = part if out is None else out + part
     return out
 
