@@ -225,3 +225,54 @@ def test_checkpoint_round_trip(tmp_path):
     torch.testing.assert_close(got.embedding, expected.embedding, rtol=0, atol=0)
     for mine, theirs in zip(got.maps, expected.maps):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+
+
+def test_frozen_gemm_is_the_same_function_clip_by_clip(monkeypatch):
+    """``frozen_gemm`` (L-MAC's ``classifier_frozen_gemm``, issue 13's memory): the frozen
+    convolutions with large weights run as unfold + matrix products, forward and input
+    gradient, so oneDNN never copies their weights. Here every weight counts as large and
+    the backward goes clip by clip (at the paper size: blocks 5-6, and block 1 clip by
+    clip). The no-grad forward and the frozen forward give the same maps bit for bit, both
+    oneDNN's up to float rounding, and the input gradient is autograd's."""
+    from unittest import mock
+
+    from audio_interpretability.models import cnn14
+
+    monkeypatch.setattr(cnn14, "FROZEN_GEMM_MIN_BYTES", 0)
+    monkeypatch.setattr(cnn14, "FROZEN_BACKWARD_CHUNK_BYTES", 1)
+    torch.manual_seed(0)
+    model = Cnn14(emb_dim=32, base_channels=4, frozen_gemm=True).eval()
+    _randomise_norms(model)
+    plain = Cnn14(emb_dim=32, base_channels=4).eval()
+    plain.load_state_dict(model.state_dict())
+    X = torch.rand(3, 96, 80)
+    weights = torch.linspace(-1, 1, 32)
+
+    with torch.no_grad():
+        reference = plain(X, return_maps=True)
+        with mock.patch.object(cnn14, "_gemm_conv3x3", wraps=cnn14._gemm_conv3x3) as gemm:
+            evaluated = model(X, return_maps=True)
+    # blocks 5 and 6 (at least as many output channels as positions per clip), two convs each
+    assert gemm.call_count == 4
+    torch.testing.assert_close(evaluated.embedding, reference.embedding, atol=1e-5, rtol=1e-4)
+    for a, b in zip(evaluated.maps, reference.maps):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+    def gradient(net, frozen):
+        net.requires_grad_(not frozen)
+        x = X.clone().requires_grad_()
+        out = net(x, return_maps=True)
+        loss = (out.embedding * weights).sum() + out.maps[1].square().mean()
+        return out, torch.autograd.grad(loss, x)[0]
+
+    with mock.patch.object(
+        cnn14, "_gemm_conv3x3_input_grad", wraps=cnn14._gemm_conv3x3_input_grad
+    ) as gemm_grad:
+        lean, lean_grad = gradient(model, frozen=True)
+    assert gemm_grad.call_count == 4 * 3  # clip by clip
+    assert torch.equal(lean.embedding, evaluated.embedding)
+    for a, b in zip(lean.maps, evaluated.maps):
+        assert torch.equal(a, b)
+    _, autograd_grad = gradient(plain, frozen=False)
+    assert lean_grad.abs().sum() > 0
+    torch.testing.assert_close(lean_grad, autograd_grad, atol=1e-6, rtol=1e-4)

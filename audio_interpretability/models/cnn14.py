@@ -22,6 +22,14 @@ from audio_interpretability.models.base import Backbone, BackboneOutput
 
 NORM_TYPES = ("bn", "in", "ln")
 N_POOLINGS = 5  # blocks 1-5 halve time and frequency; block 6 does not pool
+#: ``frozen_gemm``: a frozen convolution runs as unfold + matrix products when its weight holds
+#: at least this many bytes and at least as many output channels as output positions per
+#: clip (the paper-size blocks 5 and 6), so that oneDNN's per-call reordered copy of the
+#: weight (0.14 GiB for ``conv_block6.conv2``) is never made.
+FROZEN_GEMM_MIN_BYTES = 16 << 20
+#: A frozen block's backward runs on as many clips at a time as keep one of its fp32 maps under
+#: this size (at the paper size: block 1 clip by clip, block 2 three clips, the others whole).
+FROZEN_BACKWARD_CHUNK_BYTES = 16 << 20
 
 
 def _make_norm(norm_type: str, channels: int) -> torch.nn.Module:
@@ -58,6 +66,7 @@ class ConvBlock(torch.nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, norm_type: str, pool: bool = True):
         super().__init__()
+        self.frozen_gemm = False  # set by Cnn14(frozen_gemm=...)
         self.conv1 = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
         self.conv2 = torch.nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.norm1 = _make_norm(norm_type, out_channels)
@@ -70,8 +79,26 @@ class ConvBlock(torch.nn.Module):
         """(B, C_in, T, F) -> (B, C_out, T // 2, F // 2), or (B, C_out, T, F) without pooling."""
         if self.frozen_input_gradient(x):
             return _FrozenConvBlock.apply(x, self)
-        x = _conv_norm_relu(self.conv1, self.norm1, x)
-        return self._pooled(_conv_norm_relu(self.conv2, self.norm2, x))
+        x = _conv_norm_relu(self.conv1, self.norm1, x, self._gemm(self.conv1, x))
+        return self._pooled(_conv_norm_relu(self.conv2, self.norm2, x, self._gemm(self.conv2, x)))
+
+    def _gemm(self, conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
+        """Run ``conv`` as unfold + matrix products (``frozen_gemm``, see
+        :data:`FROZEN_GEMM_MIN_BYTES`): eval mode, nothing recorded (the no-grad forward, and
+        the frozen block's, which records its own backward), fp32 on the CPU outside
+        autocast, a large weight, at least as many output channels as output positions per
+        clip."""
+        weight = conv.weight
+        return (
+            self.frozen_gemm
+            and not self.training
+            and not torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and x.dtype == weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and weight.numel() * weight.element_size() >= FROZEN_GEMM_MIN_BYTES
+            and weight.shape[0] >= x.shape[-2] * x.shape[-1]
+        )
 
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:
         """The block's 2x2 average pooling, if it has one."""
@@ -100,10 +127,33 @@ class ConvBlock(torch.nn.Module):
         )
 
 
-def _conv_norm_relu(conv, norm, x: torch.Tensor) -> torch.Tensor:
+def _conv_norm_relu(conv, norm, x: torch.Tensor, gemm: bool = False) -> torch.Tensor:
     """One layer of a block, as both of its paths run it. The in-place ReLU is safe: the norm
     layers' backward does not need their output."""
-    return F.relu_(norm(conv(x)))
+    return F.relu_(norm(_gemm_conv3x3(x, conv.weight) if gemm else conv(x)))
+
+
+def _gemm_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A bias-free 3x3 / padding-1 / stride-1 convolution, clip by clip as ``weight (C_out,
+    C_in 9) @ unfold(x) (C_in 9, H W)``: the weight is read in place (no reordered copy), and
+    a clip's output does not depend on the batch. Not recorded by autograd."""
+    B, _, H, W = x.shape
+    w2 = weight.reshape(weight.shape[0], -1)
+    cols = F.unfold(x, 3, padding=1)  # (B, C_in 9, H W)
+    out = x.new_empty(B, weight.shape[0], H * W)
+    for b in range(B):
+        torch.mm(w2, cols[b], out=out[b])
+    return out.view(B, weight.shape[0], H, W)
+
+
+def _gemm_conv3x3_input_grad(grad: torch.Tensor, weight: torch.Tensor, input_shape):
+    """The input gradient of :func:`_gemm_conv3x3`, clip by clip: ``fold(weight^T @ grad)``."""
+    B, c_out, H, W = grad.shape
+    w2 = weight.reshape(c_out, -1)
+    cols = grad.new_empty(B, w2.shape[1], H * W)
+    for b in range(B):
+        torch.mm(w2.t(), grad[b].reshape(c_out, H * W), out=cols[b])
+    return F.fold(cols, tuple(input_shape[-2:]), 3, padding=1)
 
 
 def _global_hooks() -> bool:
@@ -133,30 +183,54 @@ class _FrozenConvBlock(torch.autograd.Function):
     ``convolution_backward`` for the input (the operator autograd calls), and again. At the
     paper size, L-MAC's masked-in and masked-out classifier pass then keeps 33 MiB for its
     backward instead of 277 MiB at batch 2, 0.26 GiB instead of 2.2 GiB at batch 16
-    (docs/LMAC.md "Memory: the frozen classifier's backward"). ``tests/test_cnn14.py`` checks
+    (docs/LMAC.md "Memory: the frozen classifier's backward"). The backward runs on as many
+    clips at a time as :data:`FROZEN_BACKWARD_CHUNK_BYTES` allows, and with ``frozen_gemm``
+    the large convolutions run as matrix products both ways. ``tests/test_cnn14.py`` checks
     the gradient against autograd's.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, block: ConvBlock) -> torch.Tensor:
         with torch.no_grad():
-            y1 = _conv_norm_relu(block.conv1, block.norm1, x)
+            gemm1 = block._gemm(block.conv1, x)
+            y1 = _conv_norm_relu(block.conv1, block.norm1, x, gemm1)
             mask1 = y1 > 0
-            y2 = _conv_norm_relu(block.conv2, block.norm2, y1)
+            gemm2 = block._gemm(block.conv2, y1)
+            y2 = _conv_norm_relu(block.conv2, block.norm2, y1, gemm2)
             del y1
             mask2 = y2 > 0
             out = block._pooled(y2)
         ctx.block = block
         ctx.shapes = (x.shape, mask2.shape)
         ctx.dtypes = (x.dtype, out.dtype)
+        ctx.gemm = (gemm1, gemm2)
         ctx.save_for_backward(mask1, mask2)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         mask1, mask2 = ctx.saved_tensors
+        (x_shape, y_shape), (x_dtype, _) = ctx.shapes, ctx.dtypes
+        B = x_shape[0]
+        clip_bytes = max(1, mask2[0].numel() * grad.element_size())
+        step = max(1, FROZEN_BACKWARD_CHUNK_BYTES // clip_bytes)
+        if step >= B:
+            return _FrozenConvBlock._input_grad(ctx, grad, mask1, mask2, x_shape, y_shape), None
+        # a few clips at a time: the full-resolution temporaries of block 1 (two fp32 maps of
+        # 33 MiB at the paper size, masked in and out at batch 2) exist for those clips only
+        out = grad.new_empty(x_shape, dtype=x_dtype)
+        for start in range(0, B, step):
+            stop = min(B, start + step)
+            part = (stop - start, *x_shape[1:]), (stop - start, *y_shape[1:])
+            out[start:stop] = _FrozenConvBlock._input_grad(
+                ctx, grad[start:stop], mask1[start:stop], mask2[start:stop], *part
+            )
+        return out, None
+
+    @staticmethod
+    def _input_grad(ctx, grad, mask1, mask2, x_shape, y_shape) -> torch.Tensor:
         block = ctx.block
-        (x_shape, y_shape), (x_dtype, dtype) = ctx.shapes, ctx.dtypes
+        x_dtype, dtype = ctx.dtypes
         g = grad.to(dtype)
         if block.pool:  # avg_pool2d(2) backward: (B, C, T // 2, F // 2) -> (B, C, T, F)
             B, C, T, Fr = y_shape
@@ -168,14 +242,18 @@ class _FrozenConvBlock(torch.autograd.Function):
         else:
             g = g.clone()
         g = g.mul_(mask2).mul_(_bn_scale(block.norm2).to(dtype))
-        g = _conv_input_grad(g, block.conv2, y_shape, dtype)
+        gemm1, gemm2 = ctx.gemm
+        g = _conv_input_grad(g, block.conv2, y_shape, dtype, gemm2)
         g = g.mul_(mask1).mul_(_bn_scale(block.norm1).to(dtype))
-        g = _conv_input_grad(g, block.conv1, x_shape, dtype)
-        return g.to(x_dtype), None
+        g = _conv_input_grad(g, block.conv1, x_shape, dtype, gemm1)
+        return g.to(x_dtype)
 
 
-def _conv_input_grad(grad, conv: torch.nn.Conv2d, input_shape, dtype) -> torch.Tensor:
-    """Input gradient of a bias-free 3x3 / padding-1 ``conv``: ``convolution_backward``."""
+def _conv_input_grad(grad, conv: torch.nn.Conv2d, input_shape, dtype, gemm=False):
+    """Input gradient of a bias-free 3x3 / padding-1 ``conv``: ``convolution_backward``, or
+    :func:`_gemm_conv3x3_input_grad` for a convolution the forward ran that way."""
+    if gemm and grad.dtype == conv.weight.dtype:
+        return _gemm_conv3x3_input_grad(grad, conv.weight, input_shape)
     weight = conv.weight.to(dtype)
     dummy = grad.new_empty(1).expand(input_shape)  # only its shape is read
     return torch.ops.aten.convolution_backward(
@@ -227,6 +305,12 @@ class Cnn14(Backbone):
         Sample rate (Hz) of the audio behind the spectrograms, for the mel filterbank.
     n_fft : int
         FFT size of the linear spectrograms given to :meth:`input_from_spectrogram`.
+    frozen_gemm : bool
+        Memory: frozen (eval mode, no gradient for the weights) convolutions with large
+        weights (:data:`FROZEN_GEMM_MIN_BYTES`: blocks 5 and 6 at the paper size) run as unfold
+        + matrix products, forward and input gradient, instead of oneDNN's kernels, which copy
+        the weight into their own layout at every call (0.14 GiB at a time for block 6).
+        The same function up to float rounding; L-MAC's YAML key ``classifier_frozen_gemm``.
 
     Example
     -------
@@ -249,6 +333,7 @@ class Cnn14(Backbone):
         base_channels: int = 64,
         sample_rate: int = 16000,
         n_fft: int = 1024,
+        frozen_gemm: bool = False,
     ):
         super().__init__()
         if norm_type not in NORM_TYPES:
@@ -274,6 +359,9 @@ class Cnn14(Backbone):
         self.conv_block4 = ConvBlock(4 * b, 8 * b, norm_type)
         self.conv_block5 = ConvBlock(8 * b, 16 * b, norm_type)
         self.conv_block6 = ConvBlock(16 * b, emb_dim, norm_type, pool=False)
+        self.frozen_gemm = bool(frozen_gemm)
+        for i in range(1, 7):
+            getattr(self, f"conv_block{i}").frozen_gemm = self.frozen_gemm
 
         # The filterbank is fixed (no parameters, nothing in the state dict): compute its
         # (n_fft // 2 + 1, mel_bins) matrix once by feeding it the identity, instead of letting
