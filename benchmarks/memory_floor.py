@@ -24,6 +24,7 @@ import argparse
 import gc
 import json
 import os
+import resource
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -93,6 +94,8 @@ def main(argv=None) -> dict:
             p.grad for p in brain.modules.psi.parameters() if p.grad is not None
         ),
     }
+    # the largest resident set so far (ru_maxrss, KiB): the training steps' peak
+    figures["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     report = {"resident_gib": figures, "sizes_gib": sizes, "config": vars(args)}
     for name, value in {**figures, **sizes}.items():
         print(f"{value:7.3f} GiB  {name}")

@@ -25,6 +25,10 @@ import json
 import sys
 from pathlib import Path
 
+#: An mmap threshold (bytes) from which freed memory counts as kept for reuse (the package's
+#: default is 1 GiB); below it, e.g. 131072, every larger block goes back at once.
+KEPT_THRESHOLD = 1 << 24
+
 
 def label(impl: str, config: dict, huge_pages=None, mmap_threshold=None) -> str:
     """``ours`` (with its YAML overrides, e.g. ``optimizer_in_backward``) or the re-impl.,
@@ -32,12 +36,15 @@ def label(impl: str, config: dict, huge_pages=None, mmap_threshold=None) -> str:
     transparent huge pages on (``THP_MEM_ALLOC_ENABLE``) and keeps freed memory for reuse
     (glibc's mmap threshold, ``mmap_threshold`` in the JSON), the published recipe does
     neither. ``None``: not recorded (older runs)."""
+    small = mmap_threshold is not None and 0 < mmap_threshold < KEPT_THRESHOLD
     if impl != "ours":
-        kept = ", freed memory kept" if mmap_threshold else ""
+        kept = ", freed memory kept" if mmap_threshold and not small else ""
         return "published re-impl." + (", huge pages" if huge_pages else "") + kept
     overrides = json.loads(config.get("ours_overrides") or "{}")
     pages = ", no huge pages" if huge_pages is False else ""
     returned = ", freed memory returned" if mmap_threshold == 0 else ""
+    if small:  # a fixed small threshold: every larger block is returned at once
+        returned = f", freed memory returned at once ({mmap_threshold // 1024} KiB threshold)"
     return "ours" + "".join(f", {k}: {v}" for k, v in overrides.items()) + pages + returned
 
 

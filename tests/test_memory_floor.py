@@ -24,8 +24,10 @@ def test_tiny_step_reports_the_resident_parts(tmp_path):
         "models built",
         "after step 1",
         "after step 2",
+        "peak",
     ]
     assert all(value > 0 for value in resident.values())
+    assert resident["peak"] >= max(v for k, v in resident.items() if k != "peak") - 1e-3
     sizes = report["sizes_gib"]
     # Adam keeps two moments per decoder parameter; the hooks freed every gradient
     assert abs(sizes["optimizer state"] - 2 * sizes["decoder parameters"]) < 1e-9

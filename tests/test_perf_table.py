@@ -50,3 +50,19 @@ def test_speedups_are_against_the_reimplementation_in_the_same_environment(tmp_p
         "1.25x |",
     ]
     assert rows["L-MAC train (published re-impl.)"][-2:] == ["", " |"]
+
+
+def test_labels_say_whether_freed_memory_is_kept_or_returned():
+    """The mmap threshold in a run's JSON: the package's 1 GiB keeps freed memory (no label
+    for ours, how it ships), 0 is glibc's default, a small fixed one returns every larger
+    block at once (the smallest-peak setting)."""
+    label = perf_table.label
+    assert label("ours", {}, True, 1 << 30) == "ours"
+    assert label("ours", {}, True, 0) == "ours, freed memory returned"
+    assert label("ours", {}, True, 131072) == (
+        "ours, freed memory returned at once (128 KiB threshold)"
+    )
+    assert (
+        label("published", {}, True, 1 << 30) == "published re-impl., huge pages, freed memory kept"
+    )
+    assert label("published", {}, False, 131072) == "published re-impl."
