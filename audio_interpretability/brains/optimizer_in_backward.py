@@ -53,6 +53,8 @@ import logging
 import speechbrain as sb
 import torch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from torch.optim.adam import adam
+from torch.optim.optimizer import _get_scalar_dtype
 
 from audio_interpretability.distributed import is_distributed
 
@@ -271,8 +273,6 @@ class RowStepper:
     def _state(self) -> dict:
         state = self.optimizer.state[self.param]
         if not state:  # as Adam._init_group creates it
-            from torch.optim.optimizer import _get_scalar_dtype
-
             group = self.optimizer.param_groups[0]
             if group["fused"]:
                 state["step"] = torch.zeros(
@@ -296,8 +296,6 @@ class RowStepper:
                 "backward pass (the weight is used by two forward calls); its gradients must be "
                 "summed before Adam's step: set optimizer_in_backward: False"
             )
-        from torch.optim.adam import adam
-
         state = self._state()
         group = self.optimizer.param_groups[0]
         beta1, beta2 = group["betas"]

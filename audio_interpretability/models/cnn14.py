@@ -56,6 +56,8 @@ class ConvBlock(torch.nn.Module):
         "bn" (batch norm), "in" (instance norm) or "ln" (layer norm as GroupNorm(1, C)).
     pool : bool
         Apply a 2x2 average pooling at the end (blocks 1-5; block 6 uses none).
+    frozen_gemm : bool
+        Frozen, its large convolutions run as matrix products (:meth:`_gemm`).
 
     Example
     -------
@@ -64,9 +66,16 @@ class ConvBlock(torch.nn.Module):
     torch.Size([2, 8, 8, 10])
     """
 
-    def __init__(self, in_channels: int, out_channels: int, norm_type: str, pool: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        norm_type: str,
+        pool: bool = True,
+        frozen_gemm: bool = False,
+    ):
         super().__init__()
-        self.frozen_gemm = False  # set by Cnn14(frozen_gemm=...)
+        self.frozen_gemm = bool(frozen_gemm)
         self.conv1 = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
         self.conv2 = torch.nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.norm1 = _make_norm(norm_type, out_channels)
@@ -353,15 +362,13 @@ class Cnn14(Backbone):
 
         self.norm0 = _make_norm(norm_type, mel_bins)
         b = base_channels
-        self.conv_block1 = ConvBlock(1, b, norm_type)
-        self.conv_block2 = ConvBlock(b, 2 * b, norm_type)
-        self.conv_block3 = ConvBlock(2 * b, 4 * b, norm_type)
-        self.conv_block4 = ConvBlock(4 * b, 8 * b, norm_type)
-        self.conv_block5 = ConvBlock(8 * b, 16 * b, norm_type)
-        self.conv_block6 = ConvBlock(16 * b, emb_dim, norm_type, pool=False)
-        self.frozen_gemm = bool(frozen_gemm)
-        for i in range(1, 7):
-            getattr(self, f"conv_block{i}").frozen_gemm = self.frozen_gemm
+        gemm = {"frozen_gemm": frozen_gemm}
+        self.conv_block1 = ConvBlock(1, b, norm_type, **gemm)
+        self.conv_block2 = ConvBlock(b, 2 * b, norm_type, **gemm)
+        self.conv_block3 = ConvBlock(2 * b, 4 * b, norm_type, **gemm)
+        self.conv_block4 = ConvBlock(4 * b, 8 * b, norm_type, **gemm)
+        self.conv_block5 = ConvBlock(8 * b, 16 * b, norm_type, **gemm)
+        self.conv_block6 = ConvBlock(16 * b, emb_dim, norm_type, pool=False, **gemm)
 
         # The filterbank is fixed (no parameters, nothing in the state dict): compute its
         # (n_fft // 2 + 1, mel_bins) matrix once by feeding it the identity, instead of letting
